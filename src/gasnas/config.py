@@ -1,0 +1,382 @@
+"""One config schema for every command: dataclasses, YAML recipes with `_base_`, `--set` overrides.
+
+A recipe is a YAML file whose top-level keys are the sections below. A recipe may name another
+as `_base_: demo.yaml` and override only what differs (mmsegmentation style). Values are checked
+against the dataclass field types; an unknown key names the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from gasnas.errors import GasnasError
+
+RECIPE_DIR = Path(__file__).parent / "configs"
+
+DEFAULT_OPS = [
+    "none",
+    "skip_connect",
+    "max_pool_3x3",
+    "conv_3x3",
+    "sep_conv_3x3",
+    "dil_sep_conv_3x3_r2",
+    "dil_sep_conv_3x3_r4",
+    "dil_sep_conv_3x3_r8",
+]
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where, and how images are augmented."""
+
+    format: Literal["synthetic", "camvid", "cityscapes", "folder"] = "synthetic"
+    root: str = "data/synthetic"
+    num_classes: int = 11
+    ignore_index: int = 255
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: list[int] = field(default_factory=lambda: [360, 480])
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    eval_size: list[int] | None = None
+    flip: bool = True
+    color_jitter: float = 0.2
+    workers: int = 0
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    # `synthetic` only: what `gasnas data synth` writes when root is empty.
+    synth_n_train: int = 200
+    synth_n_val: int = 50
+    synth_size: list[int] = field(default_factory=lambda: [360, 480])
+    synth_seed: int = 0
+
+
+@dataclass
+class GGMConfig:
+    """GCN-guided module between neighbouring cells' α (reconstructed; see docs/method.md)."""
+
+    mode: Literal["none", "adjacent", "global"] = "adjacent"
+    gamma: float = 0.5
+    embed_dim: int = 16
+
+
+@dataclass
+class SpaceConfig:
+    """Search space: operations, skeleton sizes, cell shape."""
+
+    ops: list[str] = field(default_factory=lambda: list(DEFAULT_OPS))
+    stem_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    stage_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
+    cells_per_stage: list[int] = field(default_factory=lambda: [4, 4, 4])
+    nodes: int = 2
+    head_channels: int = 64
+    aux_heads: bool = False
+    ggm: GGMConfig = field(default_factory=GGMConfig)
+
+
+@dataclass
+class LatencyConfig:
+    """How the latency lookup table is measured and how latency enters the search loss."""
+
+    input_size: list[int] = field(default_factory=lambda: [360, 480])
+    device: str = "cpu"
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    threads: int | None = None
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    warmup: int = 3
+    repeats: int = 10
+    lut: str | None = None
+    measure_missing: bool = True
+    allow_foreign_lut: bool = False
+    loss: Literal["linear", "log", "target"] = "linear"
+    weight: float = 0.002
+    target_ms: float | None = None
+    log_beta: float = 0.6
+    adapt_factor: float = 2.0
+
+
+@dataclass
+class SearchConfig:
+    """Bilevel first-order search (DARTS-style) with the GGM and the latency term."""
+
+    epochs: int = 20
+    warmup_epochs: int = 5
+    batch_size: int = 8
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    a_lr: float = 3e-4
+    a_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    a_weight_decay: float = 1e-3
+    measure_derived: bool = True
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Training the derived network from scratch."""
+
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 10000
+    aux_weight: float = 0.4
+    eval_every: int = 5
+    max_steps_per_epoch: int | None = None
+    pretrained: str | None = None
+
+
+@dataclass
+class BenchConfig:
+    """Speed measurement of a derived net (and of the torchvision peers)."""
+
+    input_size: list[int] = field(default_factory=lambda: [1024, 2048])
+    backend: Literal["torch", "compile", "onnxruntime", "tensorrt"] = "torch"
+    device: str = "cpu"
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    threads: int | None = None
+    warmup: int = 3
+    runs: int = 10
+
+
+@dataclass
+class Config:
+    """Everything one run needs. `gasnas config show RECIPE` prints it resolved."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "cpu"
+    deterministic: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- type checking
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin is list:
+        return f"list of {_describe(get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` checked (and mildly converted, int→float) against the annotation `tp`."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise GasnasError(f"config key '{key}': {value!r} is not {_describe(tp)}")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in get_args(tp):
+            return None
+        for arg in get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except GasnasError:
+                continue
+        raise GasnasError(f"config key '{key}': {value!r} is not {_describe(tp)}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise GasnasError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
+        (item,) = get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, key)
+    else:  # pragma: no cover - schema uses only the types above
+        raise TypeError(f"unsupported config type {tp}")
+    raise GasnasError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
+
+
+def _closest(name: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.4)
+    return f" (did you mean '{match[0]}'?)" if match else f" (valid: {', '.join(options)})"
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise GasnasError(f"unknown config key '{full}'{_closest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    obj = cls(**kwargs)
+    return obj
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def resolve_recipe(name: str | Path) -> Path:
+    """A path, or a recipe name shipped in gasnas/configs (`demo`, `camvid`, `cityscapes`)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (RECIPE_DIR / f"{name}.yaml", RECIPE_DIR / str(name)):
+        if cand.is_file():
+            return cand
+    shipped = sorted(x.stem for x in RECIPE_DIR.glob("*.yaml"))
+    raise GasnasError(f"{name}: no such config file or recipe (recipes: {', '.join(shipped)})")
+
+
+def _load_yaml_dict(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise GasnasError(f"{path}: _base_ cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise GasnasError(f"{path}:{where} invalid YAML") from None
+    if not isinstance(data, dict):
+        raise GasnasError(f"{path}: a config file must be a mapping of sections")
+    base = data.pop("_base_", None)
+    if base is not None:
+        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        if not base_path.is_file():
+            base_path = resolve_recipe(base)
+        data = _merge(_load_yaml_dict(base_path, seen + (path,)), data)
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=c` → (['a','b'], yaml-parsed c). YAML parsing, never eval."""
+    if "=" not in item:
+        raise GasnasError(f"--set {item!r}: expected KEY=VALUE, e.g. search.epochs=3")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = dict(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = dict(child)
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, data)
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Resolve recipe (+ its `_base_` chain) + overrides into one validated Config."""
+    data: dict[str, Any] = _load_yaml_dict(resolve_recipe(recipe)) if recipe else {}
+    data = apply_overrides(data, overrides or [])
+    cfg = config_from_dict(data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need more than one field's type."""
+
+    def pair(key: str, value: list[Any]) -> None:
+        if len(value) != 2 or min(value) <= 0:
+            raise GasnasError(f"config key '{key}': expected [H, W] with positive sizes, got {value}")
+
+    pair("data.crop_size", cfg.data.crop_size)
+    pair("data.synth_size", cfg.data.synth_size)
+    pair("latency.input_size", cfg.latency.input_size)
+    pair("bench.input_size", cfg.bench.input_size)
+    if cfg.data.eval_size is not None:
+        pair("data.eval_size", cfg.data.eval_size)
+    lo, hi = (cfg.data.scale_range + [0, 0])[:2]
+    if len(cfg.data.scale_range) != 2 or not 0 < lo <= hi:
+        raise GasnasError(f"config key 'data.scale_range': expected [min, max], got {cfg.data.scale_range}")
+    sp = cfg.space
+    if len(sp.stem_channels) != 3:
+        raise GasnasError("config key 'space.stem_channels': expected 3 widths (three stride-2 convs)")
+    if len(sp.stage_channels) != len(sp.cells_per_stage) or not sp.stage_channels:
+        raise GasnasError("config key 'space.cells_per_stage': needs one entry per space.stage_channels")
+    if sp.nodes < 1:
+        raise GasnasError("config key 'space.nodes': must be >= 1")
+    from gasnas.space.ops import OPS
+
+    for i, op in enumerate(sp.ops):
+        if op not in OPS:
+            raise GasnasError(f"config key 'space.ops[{i}]': unknown op '{op}'{_closest(op, sorted(OPS))}")
+    if len([o for o in sp.ops if o != "none"]) == 0:
+        raise GasnasError("config key 'space.ops': needs at least one op other than 'none'")
+    if cfg.latency.loss == "target" and cfg.latency.target_ms is None:
+        raise GasnasError("config key 'latency.target_ms': required when latency.loss is 'target'")
+    if cfg.search.warmup_epochs > cfg.search.epochs:
+        raise GasnasError("config key 'search.warmup_epochs': larger than search.epochs")
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)

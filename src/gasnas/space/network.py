@@ -1,0 +1,127 @@
+"""The skeleton shared by the supernet and the derived network: stem → cells → context head.
+
+Default (reconstructed, see docs/method.md): three stride-2 3x3 convs to 1/8; stages of cells
+at 1/8, 1/16, 1/32, each later stage opened by a reduction cell; a head with a global-context
+(average-pool) branch at 1/32, fused upsample-and-add with the 1/16 and 1/8 features, a 3x3 conv
+and a classifier at 1/8, bilinear upsampling to the input size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gasnas.config import SpaceConfig
+from gasnas.space.ops import ConvBNReLU
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """Where a cell sits: its widths, whether it or its predecessor reduces, its output scale."""
+
+    index: int
+    stage: int
+    reduction: bool
+    reduction_prev: bool
+    c_prev_prev: int
+    c_prev: int
+    c: int
+    scale: int  # output resolution = input / scale
+
+
+def plan_cells(space: SpaceConfig) -> list[CellPlan]:
+    """The cell sequence of the skeleton; both networks and the latency table iterate this."""
+    plans: list[CellPlan] = []
+    stem_out = space.stem_channels[-1]
+    c_pp, c_p, reduction_prev, scale = stem_out, stem_out, False, 8
+    k = 0
+    for stage, (c, n_normal) in enumerate(zip(space.stage_channels, space.cells_per_stage)):
+        kinds = ([True] if stage > 0 else []) + [False] * n_normal
+        for reduction in kinds:
+            if reduction:
+                scale *= 2
+            plans.append(CellPlan(k, stage, reduction, reduction_prev, c_pp, c_p, c, scale))
+            c_pp, c_p, reduction_prev = c_p, c, reduction
+            k += 1
+    return plans
+
+
+def stage_outputs(plans: list[CellPlan]) -> list[int]:
+    """Index of the last cell of each stage (the features the head fuses)."""
+    last: dict[int, int] = {}
+    for p in plans:
+        last[p.stage] = p.index
+    return [last[s] for s in sorted(last)]
+
+
+class Stem(nn.Sequential):
+    def __init__(self, widths: list[int]) -> None:
+        c_in, layers = 3, []
+        for w in widths:
+            layers.append(ConvBNReLU(c_in, w, 3, stride=2))
+            c_in = w
+        super().__init__(*layers)
+
+
+class ContextHead(nn.Module):
+    """Global-context branch at the coarsest stage, upsample-and-add down to 1/8, classifier."""
+
+    def __init__(self, stage_channels: list[int], head_channels: int, num_classes: int,
+                 aux_heads: bool) -> None:
+        super().__init__()
+        self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(stage_channels[-1], head_channels, 1))
+        self.lateral = nn.ModuleList(ConvBNReLU(c, head_channels, 1) for c in stage_channels)
+        self.refine = nn.ModuleList(ConvBNReLU(head_channels, head_channels, 3) for _ in stage_channels)
+        self.classifier = nn.Conv2d(head_channels, num_classes, 1)
+        self.aux = (nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in stage_channels[1:])
+                    if aux_heads else None)
+
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        top = feats[-1]
+        x = self.lateral[-1](top) + self.context(top)
+        x = self.refine[-1](x)
+        for i in range(len(feats) - 2, -1, -1):
+            lat = self.lateral[i](feats[i])
+            x = lat + F.interpolate(x, size=lat.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.refine[i](x)
+        aux = [head(f) for head, f in zip(self.aux, feats[1:])] if self.aux is not None else []
+        return self.classifier(x), aux
+
+
+class SegmentationNet(nn.Module):
+    """Stem + cells + head. Subclasses decide what a cell is (searchable or derived)."""
+
+    def __init__(self, space: SpaceConfig, num_classes: int,
+                 make_cell: Callable[[CellPlan], nn.Module]) -> None:
+        super().__init__()
+        self.space, self.num_classes = space, num_classes
+        self.plans = plan_cells(space)
+        self.stem = Stem(space.stem_channels)
+        self.cells = nn.ModuleList(make_cell(p) for p in self.plans)
+        self.taps = stage_outputs(self.plans)
+        self.head = ContextHead(space.stage_channels, space.head_channels, num_classes, space.aux_heads)
+
+    def cell_weights(self) -> list[torch.Tensor | None]:
+        return [None] * len(self.cells)
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        weights = self.cell_weights()
+        s0 = s1 = self.stem(x)
+        feats = []
+        for k, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, weights[k])
+            if k in self.taps:
+                feats.append(s1)
+        return feats
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        logits, aux = self.head(self.forward_features(x))
+        size = x.shape[-2:]
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if not return_aux:
+            return logits
+        return logits, [F.interpolate(a, size=size, mode="bilinear", align_corners=False) for a in aux]

@@ -1,0 +1,43 @@
+"""The supernet: independent α per cell (no sharing), passed through the GGM before use.
+
+`arch_parameters()` (α + GGM) and `weight_parameters()` (everything else) are the two sides of
+the bilevel search; engine/search.py updates them alternately.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gasnas.config import SpaceConfig
+from gasnas.ggm import GCNGuidedModule
+from gasnas.space.cell import SearchCell, num_edges
+from gasnas.space.network import SegmentationNet
+
+
+class Supernet(SegmentationNet):
+    def __init__(self, space: SpaceConfig, num_classes: int, alpha_init_std: float = 1e-3) -> None:
+        super().__init__(space, num_classes, lambda p: SearchCell(
+            space.ops, p.c_prev_prev, p.c_prev, p.c, space.nodes, p.reduction, p.reduction_prev))
+        edges, n_ops = num_edges(space.nodes), len(space.ops)
+        # One α tensor per cell: cells are independent (GAS), unlike DARTS' two shared α.
+        self.alphas = nn.ParameterList(
+            nn.Parameter(alpha_init_std * torch.randn(edges, n_ops)) for _ in self.plans)
+        self.ggm = GCNGuidedModule(n_ops, space.ggm.mode, space.ggm.gamma, space.ggm.embed_dim)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas) + list(self.ggm.parameters())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def guided_alphas(self) -> list[torch.Tensor]:
+        """α' = GGM(α): what the forward pass, the latency estimate and derivation all use."""
+        return self.ggm(list(self.alphas))
+
+    def op_weights(self) -> list[torch.Tensor]:
+        return [torch.softmax(a, dim=-1) for a in self.guided_alphas()]
+
+    def cell_weights(self) -> list[torch.Tensor | None]:
+        return list(self.op_weights())
