@@ -15,3 +15,29 @@ class DerivedNet(SegmentationNet):
             cells[p.index].edges, p.c_prev_prev, p.c_prev, p.c, space.nodes, p.reduction,
             p.reduction_prev))
         self.genotype = genotype
+
+
+def checkpoint_payload(model: DerivedNet, meta: dict | None = None, **extra) -> dict:
+    """What a trained-model checkpoint holds: genotype (as JSON-able dict), weights, meta.
+
+    meta carries what inference needs without the dataset: class_names, palette, mean, std,
+    and provenance (dataset, config, epoch, measured mIoU). Loads with weights_only=True.
+    """
+    return {"genotype": model.genotype.to_dict(), "model": model.state_dict(), "meta": meta or {}, **extra}
+
+
+def load_derived_checkpoint(path) -> tuple[DerivedNet, dict]:
+    """Rebuild a DerivedNet from a checkpoint written with `checkpoint_payload` (any run type)."""
+    from gasnas.errors import GasnasError
+    from gasnas.fileio import torch_load
+
+    ckpt = torch_load(path)
+    if not isinstance(ckpt, dict) or "genotype" not in ckpt or "model" not in ckpt:
+        raise GasnasError(f"{path}: not a trained-network checkpoint (needs 'genotype' and 'model')")
+    genotype = Genotype.from_dict(ckpt["genotype"], f"{path}:genotype")
+    model = DerivedNet(genotype)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise GasnasError(f"{path}: weights do not match the genotype ({str(exc).splitlines()[0]})") from None
+    return model, dict(ckpt.get("meta") or {})

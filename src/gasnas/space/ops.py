@@ -53,13 +53,8 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shifted = x[:, :, 1:, 1:]
-        if shifted.shape[-1] == 0 or shifted.shape[-2] == 0:
-            shifted = x
-        a = self.conv_a(x)
-        b = self.conv_b(nn.functional.pad(shifted, (0, x.shape[-1] - shifted.shape[-1],
-                                                    0, x.shape[-2] - shifted.shape[-2])))
-        return torch.relu(self.bn(torch.cat([a, b], dim=1)))
+        shifted = nn.functional.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]  # same size, offset by one pixel
+        return torch.relu(self.bn(torch.cat([self.conv_a(x), self.conv_b(shifted)], dim=1)))
 
 
 class Zero(nn.Module):

@@ -1,0 +1,188 @@
+"""One way to time a network, shared by the latency table, `latency validate` and `gasnas bench`.
+
+Batch 1, warm-up runs, then timed repeats; the median is the number that counts (p90 shows the
+spread). On CUDA every run is synchronised. Backends: eager `torch`, `compile` (torch.compile),
+`onnxruntime` (the module exported to ONNX in memory), `tensorrt` (reported unavailable unless
+the package is installed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from gasnas.errors import GasnasError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.median_ms if self.median_ms > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, float]:
+        return {**asdict(self), "fps": self.fps}
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    idx = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
+    return s[idx]
+
+
+def time_callable(fn: Callable[[], Any], warmup: int, repeats: int, device: str = "cpu") -> Timing:
+    """Run `fn` `warmup` times untimed, then `repeats` times timed (ms each)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(max(0, warmup)):
+        fn()
+    sync()
+    samples = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    return Timing(statistics.median(samples), percentile(samples, 0.9), statistics.fmean(samples),
+                  min(samples), len(samples))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count (None leaves it alone)."""
+    if threads is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GasnasError(f"device '{device}': CUDA is not available on this machine")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise GasnasError(f"device '{device}': expected cpu or cuda[:N]")
+
+
+def onnx_bytes(model: nn.Module, example: torch.Tensor, dynamic: bool = False) -> bytes:
+    """Export `model` to ONNX in memory (TorchScript exporter, opset 17)."""
+    buf = io.BytesIO()
+    axes = {"image": {0: "batch", 2: "height", 3: "width"},
+            "logits": {0: "batch", 2: "height", 3: "width"}} if dynamic else None
+    with torch.no_grad():
+        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=["logits"], dynamic_axes=axes)
+    return buf.getvalue()
+
+
+def ort_session(model_bytes: bytes | str, device: str = "cpu", threads: int | None = None):
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise GasnasError("backend 'onnxruntime': the onnxruntime package is not installed") from None
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise GasnasError("backend 'onnxruntime' on cuda: this onnxruntime has no CUDAExecutionProvider")
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(model_bytes, opts, providers=providers)
+
+
+def make_runner(model: nn.Module, input_size: tuple[int, int] | list[int], backend: str = "torch",
+                device: str = "cpu", dtype: str = "fp32", threads: int | None = None,
+                channels: int = 3) -> Callable[[], Any]:
+    """Return a zero-argument function that runs `model` once on a batch-1 input of `input_size`."""
+    if backend not in BACKENDS:
+        raise GasnasError(f"backend '{backend}': expected one of {', '.join(BACKENDS)}")
+    check_device(device)
+    if dtype not in DTYPES:
+        raise GasnasError(f"dtype '{dtype}': expected one of {', '.join(DTYPES)}")
+    h, w = int(input_size[0]), int(input_size[1])
+    model = model.eval()
+    if backend == "tensorrt":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            raise GasnasError("backend 'tensorrt' is unavailable: the tensorrt package is not installed") from None
+        raise GasnasError("backend 'tensorrt' is unavailable in this version of gasnas")
+    if backend == "onnxruntime":
+        if dtype != "fp32":
+            raise GasnasError("backend 'onnxruntime': only dtype fp32 is supported")
+        example = torch.randn(1, channels, h, w)
+        session = ort_session(onnx_bytes(model.float().cpu(), example), device, threads)
+        feed = {"image": example.numpy()}
+        return lambda: session.run(None, feed)
+    if dtype != "fp32" and device == "cpu" and dtype == "fp16":
+        raise GasnasError("dtype 'fp16' on cpu is not supported by PyTorch's CPU kernels; use bf16 or fp32")
+    model = model.to(device=device, dtype=DTYPES[dtype])
+    x = torch.randn(1, channels, h, w, device=device, dtype=DTYPES[dtype])
+    fn = torch.compile(model) if backend == "compile" else model
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return fn(x)
+
+    return run
+
+
+def measure_model(model: nn.Module, input_size: tuple[int, int] | list[int], backend: str = "torch",
+                  device: str = "cpu", dtype: str = "fp32", threads: int | None = None,
+                  warmup: int = 3, repeats: int = 10) -> Timing:
+    """Median batch-1 latency of `model` at `input_size` (H, W) on the given backend/device."""
+    with torch_threads(threads):
+        run = make_runner(model, input_size, backend, device, dtype, threads)
+        return time_callable(run, warmup, repeats, device)
+
+
+def environment(device: str = "cpu", threads: int | None = None, backend: str = "torch",
+                dtype: str = "fp32") -> dict[str, Any]:
+    """What a timing depends on; stored with every LUT and benchmark so numbers keep provenance."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError):
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    env: dict[str, Any] = {
+        "device": device,
+        "device_name": name,
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "backend": backend,
+        "dtype": dtype,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if backend == "onnxruntime":
+        with contextlib.suppress(ImportError):
+            import onnxruntime
+
+            env["onnxruntime_version"] = onnxruntime.__version__
+    return env
