@@ -380,3 +380,15 @@ def validate(cfg: Config) -> None:
 
 def replace(cfg: Any, **changes: Any) -> Any:
     return dataclasses.replace(cfg, **changes)
+
+
+def parse_size(text: str, name: str = "--input") -> list[int]:
+    """`360x480` → [360, 480] (height x width); anything else is a one-line error naming `name`."""
+    parts = str(text).lower().replace("×", "x").split("x")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise GasnasError(f"{name} {text!r}: expected HEIGHTxWIDTH, e.g. 360x480") from None
+    if h <= 0 or w <= 0:
+        raise GasnasError(f"{name} {text!r}: sizes must be positive")
+    return [h, w]

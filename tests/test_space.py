@@ -1,0 +1,201 @@
+"""Search space: supernet/derived forward+backward, GGM gradients, genotype round trip and errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gasnas.cli import main
+from gasnas.config import GGMConfig, SpaceConfig
+from gasnas.errors import GasnasError
+from gasnas.ggm import GCNGuidedModule
+from gasnas.space import OPS, DerivedNet, Genotype, Supernet, derive_genotype, genotype_weights
+from gasnas.space.cell import edge_index, num_edges
+from gasnas.space.network import plan_cells
+
+TINY = dict(stem_channels=[4, 4, 8], stage_channels=[8, 16, 16], cells_per_stage=[1, 1, 1])
+SPACES = {
+    "tiny": SpaceConfig(**TINY),
+    "three_nodes_aux": SpaceConfig(**TINY, nodes=3, aux_heads=True),
+    "few_ops_global": SpaceConfig(**TINY, ops=["none", "skip_connect", "sep_conv_3x3"],
+                                  ggm=GGMConfig(mode="global")),
+    "no_ggm_two_stages": SpaceConfig(stem_channels=[4, 4, 8], stage_channels=[8, 16],
+                                     cells_per_stage=[2, 1], ggm=GGMConfig(mode="none")),
+}
+
+
+def _grads_everywhere(model: torch.nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_supernet_forward_backward(name: str) -> None:
+    torch.manual_seed(0)
+    space = SPACES[name]
+    net = Supernet(space, num_classes=5)
+    x = torch.randn(2, 3, 64, 96)
+    out = net(x, return_aux=True) if space.aux_heads else net(x)
+    logits = out[0] if space.aux_heads else out
+    assert logits.shape == (2, 5, 64, 96)
+    assert torch.isfinite(logits).all()
+    loss = logits.square().mean() + (sum(a.square().mean() for a in out[1]) if space.aux_heads else 0)
+    loss.backward()
+    missing = _grads_everywhere(net)
+    if space.ggm.mode == "none":  # GGM params unused by design when the GGM is off
+        missing = [n for n in missing if not n.startswith("ggm.")]
+    assert missing == []
+    for k, a in enumerate(net.alphas):
+        assert a.shape == (num_edges(space.nodes), len(space.ops))
+        assert a.grad is not None and a.grad.abs().sum() > 0, f"cell {k} alpha got no gradient"
+
+
+def test_alphas_are_independent_per_cell() -> None:
+    net = Supernet(SpaceConfig(**TINY), 3)
+    ptrs = {a.data_ptr() for a in net.alphas}
+    assert len(ptrs) == len(net.alphas) == len(plan_cells(net.space))
+
+
+@pytest.mark.parametrize("mode", ["adjacent", "global"])
+def test_ggm_gradients_reach_alpha_and_ggm(mode: str) -> None:
+    torch.manual_seed(0)
+    ggm = GCNGuidedModule(num_ops=4, mode=mode, gamma=0.5)
+    alphas = [torch.randn(5, 4, requires_grad=True) for _ in range(3)]
+    out = ggm(alphas)
+    assert [o.shape for o in out] == [a.shape for a in alphas]
+    # Loss on the LAST cell only: in adjacent mode its α' depends on cell 1's α too.
+    (out[-1] * torch.randn(5, 4)).sum().backward()
+    assert alphas[1].grad is not None and alphas[1].grad.abs().sum() > 0
+    assert alphas[2].grad.abs().sum() > 0
+    for name, p in ggm.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    if mode == "adjacent":
+        assert torch.equal(out[0], alphas[0])  # cell 0 keeps α'_0 = α_0
+        assert alphas[0].grad is None or alphas[0].grad.abs().sum() == 0
+    else:
+        assert alphas[0].grad.abs().sum() > 0
+
+
+def test_ggm_none_is_identity() -> None:
+    ggm = GCNGuidedModule(num_ops=4, mode="none")
+    alphas = [torch.randn(5, 4) for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(ggm(alphas), alphas))
+
+
+def test_supernet_uses_guided_alphas() -> None:
+    torch.manual_seed(0)
+    net = Supernet(SpaceConfig(**TINY), 3)
+    with torch.no_grad():
+        for a in net.alphas:
+            a.normal_()
+    guided = net.guided_alphas()
+    assert torch.equal(guided[0], net.alphas[0])
+    assert not torch.allclose(guided[1], net.alphas[1])
+    assert torch.allclose(net.op_weights()[1], torch.softmax(guided[1], -1))
+
+
+def _derived_from_random_supernet(space: SpaceConfig, seed: int = 0) -> Genotype:
+    torch.manual_seed(seed)
+    net = Supernet(space, 4)
+    with torch.no_grad():
+        for a in net.alphas:
+            a.normal_(std=2.0)
+    return derive_genotype(net, {"dataset": "unit-test", "seed": seed})
+
+
+def test_derivation_rule() -> None:
+    ops = ["none", "skip_connect", "conv_3x3"]
+    from gasnas.space.genotype import derive_cell
+
+    # nodes=2 → edges (0,0) (1,0) (0,1) (1,1) (2,1)
+    w = torch.tensor([[0.90, 0.04, 0.06],  # strong `none` is ignored: ranked by 0.06 only
+                      [0.10, 0.20, 0.70],
+                      [0.00, 0.60, 0.40],
+                      [0.10, 0.10, 0.80],
+                      [0.00, 0.55, 0.45]])  # third-strongest edge into node 1: dropped
+    edges = derive_cell(w, ops, nodes=2)
+    assert edges == [(0, 0, "conv_3x3"), (1, 0, "conv_3x3"), (0, 1, "skip_connect"), (1, 1, "conv_3x3")]
+    assert all(op != "none" for _, _, op in edges)
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_derived_net_has_exactly_the_chosen_ops(name: str) -> None:
+    space = SPACES[name]
+    geno = _derived_from_random_supernet(space)
+    net = DerivedNet(geno)
+    for cell, gene in zip(net.cells, geno.cells):
+        assert cell.edges == list(gene.edges)
+        assert len(cell.ops) == len(gene.edges) == 2 * space.nodes
+        for op_module, (src, _, op) in zip(cell.ops, gene.edges):
+            expected = OPS[op](cell.c, cell.c, cell.edge_stride(src))
+            assert type(op_module) is type(expected)
+            assert [type(m) for m in op_module.modules()] == [type(m) for m in expected.modules()]
+    x = torch.randn(2, 3, 64, 96)
+    out, aux = net(x, return_aux=True)
+    assert out.shape == (2, 4, 64, 96) and torch.isfinite(out).all()
+    assert len(aux) == (2 if space.aux_heads else 0)
+    (out.mean() + sum(a.mean() for a in aux)).backward()
+    assert _grads_everywhere(net) == []
+
+
+def test_genotype_json_round_trip(tmp_path) -> None:
+    geno = _derived_from_random_supernet(SpaceConfig(**TINY))
+    geno.predicted_latency_ms = 12.5
+    path = geno.save(tmp_path / "g.json")
+    back = Genotype.load(path)
+    assert back.to_dict() == geno.to_dict()
+    assert back.provenance["dataset"] == "unit-test"
+    w = genotype_weights(back)
+    assert all(t.sum() == len(c.edges) for t, c in zip(w, back.cells))
+
+
+def _mutate(data: dict, how: str) -> dict:
+    d = json.loads(json.dumps(data))
+    if how == "schema":
+        d["schema_version"] = 99
+    elif how == "op":
+        d["cells"][0]["edges"][0][2] = "conv_9x9"
+    elif how == "source":
+        d["cells"][1]["edges"][0][0] = 7
+    elif how == "node":
+        d["cells"][1]["edges"][0][1] = 5
+    elif how == "cells":
+        d["cells"].pop()
+    elif how == "space":
+        d["space"]["nodez"] = 3
+    elif how == "reduction":
+        d["cells"][0]["reduction"] = True
+    return d
+
+
+@pytest.mark.parametrize(("how", "field"), [
+    ("schema", "field 'schema_version'"), ("op", "field 'cells[0].edges[0]': unknown op 'conv_9x9'"),
+    ("source", "field 'cells[1].edges[0]': source 7"), ("node", "field 'cells[1].edges[0]': node 5"),
+    ("cells", "field 'cells': 4 cells, the space has 5"), ("space", "unknown config key 'space.nodez'"),
+    ("reduction", "field 'cells[0].reduction'"),
+])
+def test_invalid_genotype_errors(tmp_path, how: str, field: str) -> None:
+    geno = _derived_from_random_supernet(SpaceConfig(**TINY))
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(_mutate(geno.to_dict(), how)))
+    with pytest.raises(GasnasError) as err:
+        Genotype.load(path)
+    assert field in str(err.value) and str(path) in str(err.value)
+
+
+def test_arch_show_cli(tmp_path, capsys) -> None:
+    geno = _derived_from_random_supernet(SpaceConfig(**TINY))
+    path = geno.save(tmp_path / "g.json")
+    png = tmp_path / "cells.png"
+    assert main(["arch", "show", str(path), "--out", str(png), "--input", "64x96"]) == 0
+    out = capsys.readouterr().out
+    assert "params" in out and "FLOPs" in out and png.stat().st_size > 1000
+    (tmp_path / "broken.json").write_text("{")
+    assert main(["arch", "show", str(tmp_path / "broken.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_edge_index_order() -> None:
+    assert edge_index(2) == [(0, 0), (1, 0), (0, 1), (1, 1), (2, 1)]
+    assert num_edges(3) == 9
