@@ -199,3 +199,21 @@ def test_arch_show_cli(tmp_path, capsys) -> None:
 def test_edge_index_order() -> None:
     assert edge_index(2) == [(0, 0), (1, 0), (0, 1), (1, 1), (2, 1)]
     assert num_edges(3) == 9
+
+
+def test_fused_supernet_matches_reference() -> None:
+    """The fast path (fused separable branches, channels-last) is the same function: compare in
+    float64 in train mode, where BatchNorm uses batch statistics."""
+    torch.manual_seed(0)
+    fast = Supernet(SpaceConfig(**TINY), 4, fast=True).double()
+    ref = Supernet(SpaceConfig(**TINY), 4, fast=False).double()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    y_fast, y_ref = fast(x), ref(x)
+    assert (y_fast - y_ref).abs().max() < 1e-9
+    y_fast.sum().backward()
+    y_ref.sum().backward()
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-8), name
+    for (name, b), c in zip(fast.named_buffers(), ref.buffers()):
+        assert torch.allclose(b.double(), c.double(), atol=1e-9), name  # running stats updated alike

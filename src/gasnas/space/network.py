@@ -96,8 +96,9 @@ class SegmentationNet(nn.Module):
     """Stem + cells + head. Subclasses decide what a cell is (searchable or derived)."""
 
     def __init__(self, space: SpaceConfig, num_classes: int,
-                 make_cell: Callable[[CellPlan], nn.Module]) -> None:
+                 make_cell: Callable[[CellPlan], nn.Module], channels_last: bool = False) -> None:
         super().__init__()
+        self.channels_last = channels_last
         self.space, self.num_classes = space, num_classes
         self.plans = plan_cells(space)
         self.stem = Stem(space.stem_channels)
@@ -110,6 +111,8 @@ class SegmentationNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         weights = self.cell_weights()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem(x)
         feats = []
         for k, cell in enumerate(self.cells):
@@ -122,6 +125,8 @@ class SegmentationNet(nn.Module):
         logits, aux = self.head(self.forward_features(x))
         size = x.shape[-2:]
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if self.channels_last:
+            logits = logits.contiguous()
         if not return_aux:
             return logits
         return logits, [F.interpolate(a, size=size, mode="bilinear", align_corners=False) for a in aux]

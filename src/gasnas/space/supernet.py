@@ -16,9 +16,15 @@ from gasnas.space.network import SegmentationNet
 
 
 class Supernet(SegmentationNet):
-    def __init__(self, space: SpaceConfig, num_classes: int, alpha_init_std: float = 1e-3) -> None:
+    def __init__(self, space: SpaceConfig, num_classes: int, alpha_init_std: float = 1e-3,
+                 fast: bool = True) -> None:
+        """`fast` fuses the separable-conv branches of each mixed op and runs channels-last
+        (same function, same parameters; `fast=False` is the plain DARTS-style reference)."""
         super().__init__(space, num_classes, lambda p: SearchCell(
-            space.ops, p.c_prev_prev, p.c_prev, p.c, space.nodes, p.reduction, p.reduction_prev))
+            space.ops, p.c_prev_prev, p.c_prev, p.c, space.nodes, p.reduction, p.reduction_prev,
+            fused=fast), channels_last=fast)
+        if fast:
+            self.to(memory_format=torch.channels_last)
         edges, n_ops = num_edges(space.nodes), len(space.ops)
         # One α tensor per cell: cells are independent (GAS), unlike DARTS' two shared α.
         self.alphas = nn.ParameterList(
