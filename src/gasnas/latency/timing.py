@@ -85,14 +85,23 @@ def check_device(device: str) -> None:
         raise GasnasError(f"device '{device}': expected cpu or cuda[:N]")
 
 
-def onnx_bytes(model: nn.Module, example: torch.Tensor, dynamic: bool = False) -> bytes:
-    """Export `model` to ONNX in memory (TorchScript exporter, opset 17)."""
+def input_names(n: int) -> list[str]:
+    """ONNX input names: `image` for a network, `image, input1, ...` for a multi-input module."""
+    return ["image"] + [f"input{i}" for i in range(1, n)]
+
+
+def onnx_bytes(model: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...],
+               dynamic: bool = False) -> bytes:
+    """Export `model` to ONNX in memory (TorchScript exporter, opset 17). `example` is one input
+    tensor, or a tuple of them for a module with several inputs (named by `input_names`)."""
+    examples = example if isinstance(example, tuple) else (example,)
+    names = input_names(len(examples))
     buf = io.BytesIO()
     axes = {"image": {0: "batch", 2: "height", 3: "width"},
             "logits": {0: "batch", 2: "height", 3: "width"}} if dynamic else None
     with torch.no_grad():
-        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=17,
-                          input_names=["image"], output_names=["logits"], dynamic_axes=axes)
+        torch.onnx.export(model, examples, buf, dynamo=False, opset_version=17,
+                          input_names=names, output_names=["logits"], dynamic_axes=axes)
     return buf.getvalue()
 
 
@@ -115,8 +124,12 @@ def ort_session(model_bytes: bytes | str, device: str = "cpu", threads: int | No
 
 def make_runner(model: nn.Module, input_size: tuple[int, int] | list[int], backend: str = "torch",
                 device: str = "cpu", dtype: str = "fp32", threads: int | None = None,
-                channels: int = 3) -> Callable[[], Any]:
-    """Return a zero-argument function that runs `model` once on a batch-1 input of `input_size`."""
+                channels: int = 3, inputs: tuple[torch.Tensor, ...] | None = None) -> Callable[[], Any]:
+    """Return a zero-argument function that runs `model` once on a batch-1 input of `input_size`.
+
+    `inputs` (optional) replaces that input with given example tensors, passed as positional
+    arguments: how the latency table times parts of a network that take several feature maps.
+    """
     if backend not in BACKENDS:
         raise GasnasError(f"backend '{backend}': expected one of {', '.join(BACKENDS)}")
     check_device(device)
@@ -133,19 +146,22 @@ def make_runner(model: nn.Module, input_size: tuple[int, int] | list[int], backe
     if backend == "onnxruntime":
         if dtype != "fp32":
             raise GasnasError("backend 'onnxruntime': only dtype fp32 is supported")
-        example = torch.randn(1, channels, h, w)
-        session = ort_session(onnx_bytes(model.float().cpu(), example), device, threads)
-        feed = {"image": example.numpy()}
+        examples = (tuple(t.float().cpu() for t in inputs) if inputs is not None
+                    else (torch.randn(1, channels, h, w),))
+        session = ort_session(onnx_bytes(model.float().cpu(), examples), device, threads)
+        wanted = {i.name for i in session.get_inputs()}  # an input the graph ignores is dropped
+        feed = {n: t.numpy() for n, t in zip(input_names(len(examples)), examples) if n in wanted}
         return lambda: session.run(None, feed)
     if dtype != "fp32" and device == "cpu" and dtype == "fp16":
         raise GasnasError("dtype 'fp16' on cpu is not supported by PyTorch's CPU kernels; use bf16 or fp32")
     model = model.to(device=device, dtype=DTYPES[dtype])
-    x = torch.randn(1, channels, h, w, device=device, dtype=DTYPES[dtype])
+    xs = (tuple(t.to(device=device, dtype=DTYPES[dtype]) for t in inputs) if inputs is not None
+          else (torch.randn(1, channels, h, w, device=device, dtype=DTYPES[dtype]),))
     fn = torch.compile(model) if backend == "compile" else model
 
     def run() -> Any:
         with torch.inference_mode():
-            return fn(x)
+            return fn(*xs)
 
     return run
 

@@ -1,0 +1,101 @@
+"""Paired image/label transforms on torchvision.transforms.v2.
+
+The label travels as a `tv_tensors.Mask`, so every geometric op (resize, crop, pad, flip) is
+dispatched to its mask kernel: nearest interpolation only, padding with the ignore value 255.
+Colour ops touch the image alone.
+
+train: random scale (data.scale_range) → pad (image 0, label 255) + random crop (data.crop_size)
+       → horizontal flip (data.flip) → colour jitter (data.color_jitter; 0 disables)
+       → float + ImageNet normalisation
+eval:  optional fixed resize to data.eval_size (label nearest) → float + normalisation
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as F
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+IGNORE = 255
+
+
+def denormalize(t: torch.Tensor) -> torch.Tensor:
+    """Undo the ImageNet normalisation of [3,H,W] or [N,3,H,W]; values clamped to [0, 1]."""
+    shape = (3, 1, 1) if t.dim() == 3 else (1, 3, 1, 1)
+    mean = torch.tensor(MEAN, dtype=t.dtype, device=t.device).view(shape)
+    std = torch.tensor(STD, dtype=t.dtype, device=t.device).view(shape)
+    return (t * std + mean).clamp(0.0, 1.0)
+
+
+class RandomScale(v2.Transform):
+    """Resize by one factor drawn uniformly from [lo, hi] (image bilinear, mask nearest)."""
+
+    def __init__(self, lo: float, hi: float):
+        super().__init__()
+        self.lo, self.hi = float(lo), float(hi)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = next(F.get_size(x) for x in flat_inputs if isinstance(x, (tv_tensors.Image, tv_tensors.Mask)))
+        s = float(torch.empty(()).uniform_(self.lo, self.hi))
+        return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return F.resize(inpt, params["size"], interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+class SegTransform:
+    """Callable (image uint8 [3,H,W], label uint8 [H,W]) → (float32 [3,h,w], int64 [h,w])."""
+
+    def __init__(self, ops: list[Any]):
+        self.pipeline = v2.Compose(
+            ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(MEAN), list(STD))]
+        )
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        img, mask = self.pipeline(tv_tensors.Image(image), tv_tensors.Mask(label))
+        return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
+
+    def __repr__(self) -> str:
+        return f"SegTransform({self.pipeline!r})"
+
+
+def train_transform(
+    crop_size: list[int],
+    scale_range: list[float] = (0.5, 2.0),
+    flip: bool = True,
+    color_jitter: float = 0.2,
+) -> SegTransform:
+    ops: list[Any] = []
+    lo, hi = scale_range
+    if (lo, hi) != (1.0, 1.0):
+        ops.append(RandomScale(lo, hi))
+    ops.append(
+        v2.RandomCrop(
+            list(crop_size), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}
+        )
+    )
+    if flip:
+        ops.append(v2.RandomHorizontalFlip(p=0.5))
+    if color_jitter > 0:
+        s = float(color_jitter)
+        ops.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(0.5, s / 4)))
+    return SegTransform(ops)
+
+
+def eval_transform(eval_size: list[int] | None = None) -> SegTransform:
+    ops: list[Any] = []
+    if eval_size is not None:
+        ops.append(v2.Resize(list(eval_size), interpolation=InterpolationMode.BILINEAR, antialias=True))
+    return SegTransform(ops)
+
+
+def build_transform(cfg: Any, train: bool) -> SegTransform:
+    """The transform a `DataConfig` asks for."""
+    if train:
+        return train_transform(cfg.crop_size, cfg.scale_range, cfg.flip, cfg.color_jitter)
+    return eval_transform(cfg.eval_size)

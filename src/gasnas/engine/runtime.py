@@ -1,0 +1,206 @@
+"""What every run shares: device, seeds, determinism, stop signals, metrics log, progress bars."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gasnas.engine import distributed as D
+from gasnas.errors import GasnasError
+from gasnas.fileio import write_text_atomic
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dist: D.DistInfo
+
+    @property
+    def main(self) -> bool:
+        return self.dist.main
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`cpu`, `cuda`, `cuda:N` (or `auto`: cuda when available). Asking for an absent CUDA is
+    a one-line error."""
+    name = (name or "cpu").strip()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GasnasError(f"device '{name}' requested but CUDA is not available (use --set device=cpu)")
+        return torch.device(name if ":" in name else f"cuda:{local_rank}")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise GasnasError(f"config key 'device': unknown device {name!r} (cpu, cuda, cuda:N, auto)")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    torch.manual_seed(seed)
+
+
+def configure_determinism(deterministic: bool) -> None:
+    """deterministic: deterministic algorithms (warn-only: a few CUDA backward kernels have
+    none), cuDNN deterministic, no autotuning. Otherwise cuDNN autotuning is on."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def setup(cfg: Any) -> Runtime:
+    """Join the torchrun group (if any), pick the device, seed every RNG, set determinism."""
+    wanted = (cfg.device or "cpu").split(":")[0]
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise GasnasError(f"device '{cfg.device}' requested but CUDA is not available (use --set device=cpu)")
+    info = D.init_distributed(wanted)
+    device = resolve_device(cfg.device, info.local_rank)
+    seed_everything(cfg.seed)
+    configure_determinism(cfg.deterministic)
+    return Runtime(device, info)
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C / SIGTERM was honoured at a step boundary and a checkpoint saved at `path`."""
+
+    def __init__(self, path: Path, where: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(f"interrupted at {where}; checkpoint saved to {path}")
+        self.path, self.where, self.signum = path, where, signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+class StopSignal:
+    """Context manager: the first SIGINT/SIGTERM only sets `.requested` (the loop saves a
+    checkpoint at the next step boundary and stops); a second SIGINT interrupts at once.
+    Outside the main thread it does nothing (signals can only be handled there)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum = signal.SIGINT
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested, self.signum = True, signum
+        print(f"\ngasnas: {signal.Signals(signum).name} received: saving a checkpoint at the next "
+              "step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old.clear()
+
+
+def check_finite(value: float, what: str, epoch: int, step: int, last_good: Path | None) -> None:
+    """A NaN/inf loss stops the run with one line naming where; the last checkpoint is kept."""
+    if math.isfinite(value):
+        return
+    kept = f"; last good checkpoint kept: {last_good}" if last_good and last_good.is_file() else \
+        "; no checkpoint had been written yet"
+    raise GasnasError(f"non-finite {what} ({value}) at epoch {epoch + 1} step {step + 1}{kept}")
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per line, written by rank 0 only. On resume the rows
+    after the checkpoint's epoch are dropped, so the file matches an uninterrupted run."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = Path(path), enabled
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:  # a torn last line after a kill
+                    continue
+        return out
+
+    def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        if not self.enabled or not self.path.is_file():
+            return
+        rows = [r for r in self.rows() if keep(r)]
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def reset(self) -> None:
+        if self.enabled and self.path.exists():
+            self.path.unlink()
+
+    def append(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from gasnas.engine.metrics import nan_to_none
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(nan_to_none(row)) + "\n")
+
+
+def progress(iterable: Iterable[Any], enabled: bool, **kw: Any) -> Any:
+    """tqdm on rank 0 (stderr), a plain iterable elsewhere."""
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, dynamic_ncols=True, leave=False, **kw)
+
+
+def log(message: str, enabled: bool = True) -> None:
+    if enabled:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+
+
+def safe_plot(fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+    """Draw a figure; a plotting failure warns instead of ending a long run."""
+    try:
+        fn(*args, **kw)
+    except Exception as exc:  # noqa: BLE001 - a figure is never worth a failed run
+        warnings.warn(f"plot {getattr(fn, '__name__', fn)} failed: {type(exc).__name__}: {exc}", stacklevel=2)
+
+
+def as_float(t: torch.Tensor | float | None) -> float | None:
+    if t is None:
+        return None
+    return float(t.detach().item()) if isinstance(t, torch.Tensor) else float(t)

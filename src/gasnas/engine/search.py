@@ -1,0 +1,448 @@
+"""Search: the first-order bilevel loop that turns a supernet into a genotype.
+
+Where things happen:
+- the supernet WEIGHTS are updated in `weight_step` (below), on the weight split;
+- α (one tensor per cell) and the GGM are updated in `Architect.step` (engine/architect.py),
+  on the architecture split;
+- latency enters the architecture loss in `Architect.loss`: latency_loss(E[Lat](softmax(α')));
+- the genotype is derived at the end of every epoch (`gasnas.space.derive_genotype`);
+- λ is adapted between epochs from the MEASURED latency of the derived net (`latency.loss:
+  target`, `gasnas search --target-ms T`).
+
+One epoch: the training split is divided 50/50 (weights / architecture; fixed by the seed).
+For each step: one SGD step of the weights on a weight-split batch (lr cosine from search.w_lr
+to search.w_lr_min over the epochs, momentum, weight decay, gradient clipping), then — after
+`search.warmup_epochs` epochs of weight-only training — one Adam step of α + GGM on an
+architecture-split batch. At the end of the epoch: derive the genotype, log E[Lat], the
+predicted and measured latency of the derived net, the supernet's val mIoU, the α entropy per
+cell and λ; write `genotype_epoch{N}.json`, `metrics.jsonl`, plots and a checkpoint.
+
+Run folder (`cfg.run_dir`): config.yaml, lut.json, genotype_epoch{N}.json, genotype.json,
+metrics.jsonl, plots/, checkpoints/last.pt (resume with `--resume RUN_DIR`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gasnas.config import Config
+from gasnas.engine import checkpoint as ckpt_io
+from gasnas.engine import distributed as D
+from gasnas.engine.architect import Architect, frozen
+from gasnas.engine.evaluate import evaluate
+from gasnas.engine.losses import CrossEntropy
+from gasnas.engine.runtime import (
+    MetricsLog,
+    RunInterrupted,
+    Runtime,
+    StopSignal,
+    check_finite,
+    log,
+    progress,
+    safe_plot,
+)
+from gasnas.engine.sampling import EpochBatches, batch_loader, eval_loader, split_indices
+from gasnas.errors import GasnasError
+
+WEIGHT_STREAM, ARCH_STREAM = 1, 2
+CHECKPOINT = "checkpoints/last.pt"
+TARGET_TOLERANCE = 0.10  # --target-ms: the final genotype should land within ±10% of T
+
+
+def cosine_lr(epoch: int, epochs: int, lr_max: float, lr_min: float) -> float:
+    """Cosine annealing per epoch, from lr_max at epoch 0 towards lr_min."""
+    return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+
+
+def weight_step(supernet: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                images: torch.Tensor, labels: torch.Tensor, grad_clip: float,
+                info: D.DistInfo) -> dict[str, Any]:
+    """One SGD step of the supernet weights on a weight-split batch; α and the GGM are frozen
+    (no gradient is computed for them). A non-finite loss skips the update."""
+    params = supernet.weight_parameters()
+    optimizer.zero_grad(set_to_none=True)
+    with frozen(supernet.arch_parameters()):
+        loss = criterion(supernet(images), labels, info)
+        loss.backward()
+    value = float(D.global_mean(loss.detach().float(), info))
+    finite = math.isfinite(value)
+    if finite:
+        D.average_gradients(params, info)
+        if grad_clip and grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+    return {"loss": value, "finite": finite}
+
+
+def alpha_entropy(op_weights: list[torch.Tensor]) -> list[float]:
+    """Mean entropy (nats) of each cell's per-edge op distribution; log(#ops) = uniform."""
+    out = []
+    for w in op_weights:
+        w = w.detach().double().clamp_min(1e-12)
+        out.append(float(-(w * w.log()).sum(-1).mean()))
+    return out
+
+
+def _new_accum() -> dict[str, float]:
+    return {"w_loss": 0.0, "w_n": 0, "a_loss": 0.0, "a_ce": 0.0, "a_lat": 0.0, "a_n": 0}
+
+
+def _mean(total: float, n: int) -> float | None:
+    return total / n if n else None
+
+
+class SearchRun:
+    """State and loop of one search run (use `run_search`)."""
+
+    def __init__(self, cfg: Config, rt: Runtime, run_dir: Path, resume: dict[str, Any] | None,
+                 ckpt_every_steps: int = 0, show_progress: bool = True) -> None:
+        from gasnas.data import build_dataset, class_names
+        from gasnas.latency import LatencyEstimator, get_or_build_lut
+        from gasnas.space.supernet import Supernet
+
+        self.cfg, self.rt, self.run_dir = cfg, rt, run_dir
+        self.info, self.device, self.main = rt.dist, rt.device, rt.main
+        self.ckpt_every = int(ckpt_every_steps or 0)
+        self.show = show_progress and self.main
+        self.ckpt_path = run_dir / CHECKPOINT
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main)
+
+        # ---- data: 50/50 split of the training images, val split for the supernet mIoU
+        sc = cfg.search
+        self.train_ds = build_dataset(cfg.data, cfg.data.train_split, train=True)
+        self.val_ds = build_dataset(cfg.data, cfg.data.val_split, train=False)
+        self.class_names = list(class_names(cfg.data))
+        self.num_classes = cfg.data.num_classes
+        w_idx, a_idx = split_indices(len(self.train_ds), cfg.seed)
+        self.w_batches = EpochBatches(w_idx, sc.batch_size, cfg.seed, WEIGHT_STREAM, self.info.rank, self.info.world)
+        self.a_batches = EpochBatches(a_idx, sc.batch_size, cfg.seed, ARCH_STREAM, self.info.rank, self.info.world)
+        self.steps_per_epoch = min(self.w_batches.batches_per_epoch, self.a_batches.batches_per_epoch)
+        if sc.max_steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, max(1, sc.max_steps_per_epoch))
+        if self.steps_per_epoch < 1:
+            raise GasnasError(
+                f"search needs at least 2 x search.batch_size = {2 * sc.batch_size} training images "
+                f"(half for the weights, half for the architecture); {cfg.data.root} split "
+                f"'{cfg.data.train_split}' has {len(self.train_ds)}")
+        pin = self.device.type == "cuda"
+        self.w_loader = batch_loader(self.train_ds, self.w_batches, cfg.data.workers, pin)
+        self.a_loader = batch_loader(self.train_ds, self.a_batches, cfg.data.workers, pin)
+        self.val_loader = eval_loader(self.val_ds, self.info.rank, self.info.world, cfg.data.workers)
+
+        # ---- latency table (rank 0 measures; the others read what it saved)
+        if self.main:
+            lut = get_or_build_lut(cfg, run_dir, self.num_classes, progress=self.show)
+        D.barrier(self.info)
+        if not self.main:
+            lut = get_or_build_lut(cfg, run_dir, self.num_classes, progress=False)
+        self.estimator = LatencyEstimator(cfg.space, self.num_classes, lut, cfg.latency.input_size, cfg.latency)
+
+        # ---- supernet, optimizers
+        torch.manual_seed(cfg.seed)
+        self.supernet = Supernet(cfg.space, self.num_classes).to(self.device)
+        if self.info.enabled:
+            # The fused mixed-op path runs F.batch_norm itself; unfuse so that every BatchNorm
+            # module computes global statistics (same function, same parameters).
+            for m in self.supernet.modules():
+                if hasattr(m, "fused"):
+                    m.fused = False
+            D.sync_batchnorm(self.supernet)
+            D.broadcast_module(self.supernet, self.info)
+        self.criterion = CrossEntropy(cfg.data.ignore_index)
+        self.w_optimizer = torch.optim.SGD(self.supernet.weight_parameters(), lr=sc.w_lr,
+                                           momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
+        self.architect = Architect(self.supernet, self.estimator, self.criterion, sc, cfg.latency, self.info)
+
+        # ---- position
+        self.lam = float(cfg.latency.weight)
+        self.epoch, self.step, self.global_step = 0, 0, 0
+        self.accum = _new_accum()
+        if resume is not None:
+            self._restore(resume)
+        elif self.main:
+            self.metrics.reset()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "kind": "search",
+            "config": self.cfg.to_dict(),
+            "supernet": self.supernet.state_dict(),
+            "w_optimizer": self.w_optimizer.state_dict(),
+            "a_optimizer": self.architect.state_dict(),
+            "lambda": self.lam,
+            "epoch": self.epoch,
+            "step": self.step,
+            "global_step": self.global_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "accum": dict(self.accum),
+            "rng": ckpt_io.rng_state(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        if self.main:
+            ckpt_io.save(self.ckpt_path, self.state())
+        D.barrier(self.info)
+        return self.ckpt_path
+
+    def _restore(self, ck: dict[str, Any]) -> None:
+        if ck["config"].get("space") != asdict(self.cfg.space):
+            raise GasnasError(f"{self.ckpt_path}: the checkpoint's search space differs from the config's; "
+                              "resume with the run's own config.yaml")
+        if ck.get("steps_per_epoch") != self.steps_per_epoch:
+            raise GasnasError(f"{self.ckpt_path}: {ck.get('steps_per_epoch')} steps per epoch in the "
+                              f"checkpoint, {self.steps_per_epoch} with this config (batch size, data "
+                              "or search.max_steps_per_epoch changed)")
+        self.supernet.load_state_dict(ck["supernet"])
+        self.w_optimizer.load_state_dict(ck["w_optimizer"])
+        self.architect.load_state_dict(ck["a_optimizer"])
+        self.lam = float(ck["lambda"])
+        self.epoch, self.step, self.global_step = int(ck["epoch"]), int(ck["step"]), int(ck["global_step"])
+        self.accum = dict(ck["accum"])
+        ckpt_io.set_rng_state(ck["rng"])
+        done = self.epoch
+        self.metrics.truncate(lambda r: int(r.get("epoch", 0)) <= done)
+        log(f"resumed {self.run_dir} at {ckpt_io.position_text(self.epoch, self.step)}", self.main)
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> Path:
+        sc = self.cfg.search
+        with StopSignal() as stop:
+            while self.epoch < sc.epochs:
+                self._train_epoch(stop)
+                self._end_epoch()
+                self.epoch, self.step = self.epoch + 1, 0
+                self.accum = _new_accum()
+                self.save_checkpoint()
+                self._check_stop(stop)
+        return self._finish()
+
+    def _check_stop(self, stop: StopSignal) -> None:
+        if D.any_rank(stop.requested, self.info, self.device):
+            path = self.save_checkpoint()
+            raise RunInterrupted(path, ckpt_io.position_text(self.epoch, self.step), stop.signum)
+
+    def _train_epoch(self, stop: StopSignal) -> None:
+        sc, e = self.cfg.search, self.epoch
+        lr = cosine_lr(e, sc.epochs, sc.w_lr, sc.w_lr_min)
+        for group in self.w_optimizer.param_groups:
+            group["lr"] = lr
+        search_arch = e >= sc.warmup_epochs
+        self.supernet.train()
+        self.w_batches.set_epoch(e, self.step, self.steps_per_epoch)
+        self.a_batches.set_epoch(e, self.step, self.steps_per_epoch)
+        # During warm-up the architecture split is not even loaded.
+        batches = (zip(self.w_loader, self.a_loader) if search_arch
+                   else ((b, None) for b in self.w_loader))
+        desc = f"{'warm-up' if not search_arch else 'search'} {e + 1}/{sc.epochs}"
+        bar = progress(batches, self.show, total=self.steps_per_epoch - self.step, desc=desc)
+        for (xw, yw), arch_batch in bar:
+            xw, yw = xw.to(self.device, non_blocking=True), yw.to(self.device, non_blocking=True)
+            w = weight_step(self.supernet, self.w_optimizer, self.criterion, xw, yw, sc.grad_clip, self.info)
+            check_finite(w["loss"], "weight loss", e, self.step, self.ckpt_path)
+            self.accum["w_loss"] += w["loss"]
+            self.accum["w_n"] += 1
+            post = {"w": f"{w['loss']:.3f}"}
+            if arch_batch is not None:
+                xa, ya = arch_batch
+                xa, ya = xa.to(self.device, non_blocking=True), ya.to(self.device, non_blocking=True)
+                a = self.architect.step(xa, ya, self.lam)
+                check_finite(a["loss"], "architecture loss", e, self.step, self.ckpt_path)
+                self.accum["a_loss"] += a["loss"]
+                self.accum["a_ce"] += a["ce"]
+                self.accum["a_lat"] += a["lat_loss"]
+                self.accum["a_n"] += 1
+                post.update(a=f"{a['loss']:.3f}", ms=f"{a['expected_ms']:.2f}")
+            self.step += 1
+            self.global_step += 1
+            if self.show:
+                bar.set_postfix(post)
+            if self.ckpt_every and self.global_step % self.ckpt_every == 0 and self.step < self.steps_per_epoch:
+                self.save_checkpoint()
+            self._check_stop(stop)
+
+    def _measure(self, genotype: Any) -> float | None:
+        """Measured latency of the derived net on rank 0 (shared with the others)."""
+        from gasnas.latency import measure_genotype_ms
+
+        ms = None
+        if self.cfg.search.measure_derived and self.main:
+            with torch.random.fork_rng(devices=[]):
+                ms = float(measure_genotype_ms(genotype, self.cfg.latency))
+        return D.broadcast_object(ms, self.info)
+
+    def _end_epoch(self) -> None:
+        from gasnas.space.genotype import derive_genotype
+
+        cfg, e = self.cfg, self.epoch
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            op_weights = [w.detach().cpu() for w in self.supernet.op_weights()]
+            expected = float(self.estimator.expected_ms([w.to(self.device) for w in op_weights]))
+        genotype = derive_genotype(self.supernet, self._provenance(e + 1), None)
+        genotype.predicted_latency_ms = float(self.estimator.predict(genotype))
+        measured = self._measure(genotype)
+        genotype.provenance["measured_latency_ms"] = measured
+        result = evaluate(self.supernet, self.val_loader, self.num_classes, cfg.data.ignore_index,
+                          info=self.info, class_names=self.class_names)
+        lam_used = self.lam
+        if cfg.latency.loss == "target" and e >= cfg.search.warmup_epochs:
+            from gasnas.latency import adapt_lambda
+
+            basis = measured if measured is not None else genotype.predicted_latency_ms
+            self.lam = float(adapt_lambda(self.lam, basis, cfg.latency.target_ms, cfg.latency.adapt_factor))
+        entropy = alpha_entropy(op_weights)
+        row = {
+            "epoch": e + 1,
+            "phase": "search" if e >= cfg.search.warmup_epochs else "warmup",
+            "steps": self.accum["w_n"],
+            "lr": self.w_optimizer.param_groups[0]["lr"],
+            "lambda": lam_used,
+            "lambda_next": self.lam,
+            "w_loss": _mean(self.accum["w_loss"], self.accum["w_n"]),
+            "a_loss": _mean(self.accum["a_loss"], self.accum["a_n"]),
+            "a_ce": _mean(self.accum["a_ce"], self.accum["a_n"]),
+            "lat_loss": _mean(self.accum["a_lat"], self.accum["a_n"]),
+            "expected_ms": expected,
+            "predicted_ms": genotype.predicted_latency_ms,
+            "measured_ms": measured,
+            "val_miou": result["miou"],
+            "val_pixel_acc": result["pixel_acc"],
+            "alpha_entropy": entropy,
+            "alpha_entropy_mean": sum(entropy) / len(entropy) if entropy else None,
+            "genotype": f"genotype_epoch{e + 1}.json",
+            "epoch_end_s": round(time.perf_counter() - t0, 3),
+        }
+        if self.main:
+            genotype.provenance.update(epoch=e + 1, val_miou_supernet=result["miou"], **{"lambda": lam_used})
+            genotype.save(self.run_dir / row["genotype"])
+            self.metrics.append(row)
+            self._plots(op_weights)
+            ms = f"{measured:.2f}" if measured is not None else "n/a"
+            log(f"epoch {e + 1}/{cfg.search.epochs} [{row['phase']}] w_loss {row['w_loss']:.4f} "
+                f"E[Lat] {expected:.2f} ms, derived {genotype.predicted_latency_ms:.2f} ms predicted / "
+                f"{ms} measured, supernet val mIoU {100 * result['miou']:.2f}, λ {lam_used:.3g}", True)
+        D.barrier(self.info)
+
+    def _provenance(self, epoch: int) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "dataset": cfg.data.format, "data_root": cfg.data.root, "seed": cfg.seed,
+            "config": cfg.name, "run_dir": str(self.run_dir), "epoch": epoch,
+            "latency_device": cfg.latency.device, "latency_backend": cfg.latency.backend,
+            "latency_input_size": list(cfg.latency.input_size), "latency_loss": cfg.latency.loss,
+            "target_ms": cfg.latency.target_ms, "world_size": self.info.world,
+        }
+
+    def _plots(self, op_weights: list[torch.Tensor]) -> None:
+        from gasnas import viz
+
+        rows = self.metrics.rows()
+        plots = self.run_dir / "plots"
+        safe_plot(viz.plot_curves, rows, plots / "losses.png", ["w_loss", "a_loss", "a_ce", "lat_loss"])
+        safe_plot(viz.plot_curves, rows, plots / "miou.png", ["val_miou", "val_pixel_acc"])
+        safe_plot(viz.plot_curves, rows, plots / "latency.png",
+                  ["expected_ms", "predicted_ms", "measured_ms", "lambda"])
+        safe_plot(viz.plot_alphas, op_weights, list(self.cfg.space.ops), plots / "alphas.png")
+
+    # ------------------------------------------------------------------ the end
+
+    def select_final(self) -> tuple[int, dict[str, Any]]:
+        """Which epoch's genotype becomes genotype.json: the last one, except with a latency
+        target, where it is the latest post-warm-up one measured within ±10% of the target
+        (or, if none is, the closest to it)."""
+        rows = [r for r in self.metrics.rows() if "genotype" in r]
+        if not rows:
+            raise GasnasError(f"{self.run_dir}: no epoch finished, no genotype to write")
+        last = rows[-1]
+        target = self.cfg.latency.target_ms
+        if self.cfg.latency.loss != "target" or not target:
+            return last["epoch"], last
+        pool = [r for r in rows if r.get("phase") == "search"] or rows
+
+        def ms(r: dict[str, Any]) -> float:
+            return r["measured_ms"] if r.get("measured_ms") is not None else r["predicted_ms"]
+
+        inside = [r for r in pool if abs(ms(r) - target) <= TARGET_TOLERANCE * target]
+        if inside:
+            return inside[-1]["epoch"], inside[-1]
+        best = min(pool, key=lambda r: (abs(ms(r) - target), -r["epoch"]))
+        log(f"warning: no epoch's derived net is within ±{100 * TARGET_TOLERANCE:.0f}% of the "
+            f"{target} ms target; chose epoch {best['epoch']} ({ms(best):.2f} ms). More search "
+            "epochs or a different latency.weight may help.", self.main)
+        return best["epoch"], best
+
+    def _finish(self) -> Path:
+        from gasnas import viz
+        from gasnas.space.genotype import Genotype
+
+        final = self.run_dir / "genotype.json"
+        if self.main:
+            epoch, row = self.select_final()
+            genotype = Genotype.load(self.run_dir / row["genotype"])
+            target = self.cfg.latency.target_ms
+            measured = row.get("measured_ms")
+            genotype.provenance.update(selected_epoch=epoch, search_epochs=self.cfg.search.epochs)
+            if self.cfg.latency.loss == "target" and target:
+                basis = measured if measured is not None else genotype.predicted_latency_ms
+                genotype.provenance["within_target"] = abs(basis - target) <= TARGET_TOLERANCE * target
+            genotype.save(final)
+            safe_plot(viz.plot_genotype, genotype, self.run_dir / "plots" / "genotype.png")
+            ms = f"{measured:.2f} ms measured" if measured is not None else "not measured"
+            log(f"genotype: {final} (epoch {epoch}; {genotype.predicted_latency_ms:.2f} ms predicted, "
+                f"{ms}, on {self.cfg.latency.device} at {self.cfg.latency.input_size[0]}x"
+                f"{self.cfg.latency.input_size[1]})", True)
+        D.barrier(self.info)
+        return final
+
+
+def prepare_run_dir(cfg: Config, resume: str | Path | None, rt: Runtime) -> tuple[Path, dict[str, Any] | None]:
+    """The run folder and the checkpoint to resume from (None for a fresh run)."""
+    if resume is not None:
+        run_dir = Path(resume)
+        ck = ckpt_io.load(ckpt_io.resume_file(run_dir, CHECKPOINT), "search")
+    else:
+        run_dir = cfg.run_dir
+        if (run_dir / CHECKPOINT).is_file():
+            raise GasnasError(f"{run_dir} already holds a search: resume it with --resume {run_dir}, "
+                              "or start another with --set name=NEW_NAME")
+        ck = None
+    if rt.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.dump())
+    D.barrier(rt.dist)
+    return run_dir, ck
+
+
+def with_target(cfg: Config, target_ms: float | None) -> Config:
+    """`--target-ms T`: hinge loss toward T, λ adapted from the measured latency."""
+    if target_ms is None:
+        return cfg
+    if target_ms <= 0:
+        raise GasnasError(f"--target-ms {target_ms}: expected a positive number of milliseconds")
+    return replace(cfg, latency=replace(cfg.latency, loss="target", target_ms=float(target_ms)))
+
+
+def run_search(cfg: Config, resume: str | Path | None = None, *, ckpt_every_steps: int = 0,
+               show_progress: bool = True) -> Path:
+    """Search an architecture; returns the path of the final genotype.json.
+
+    `resume`: a run folder whose checkpoints/last.pt continues where it stopped (the run's
+    config should be the one it was started with). `ckpt_every_steps` > 0 also checkpoints
+    every that many steps (always at each epoch end). Under torchrun it runs data-parallel.
+    """
+    from gasnas.engine.runtime import setup
+
+    rt = setup(cfg)
+    run_dir, ck = prepare_run_dir(cfg, resume, rt)
+    search = SearchRun(cfg, rt, run_dir, ck, ckpt_every_steps, show_progress)
+    return search.run()

@@ -1,0 +1,357 @@
+"""Training the derived network from scratch (optionally from user-supplied weights).
+
+SGD (train.lr, momentum, weight decay) with a poly schedule lr·(1 − it/total)^power updated
+every iteration; OHEM cross-entropy (train.ohem_thresh, train.ohem_min_kept; engine/losses.py);
+auxiliary heads when `space.aux_heads` is on (loss + train.aux_weight · Σ aux losses);
+evaluation on the val split every `train.eval_every` epochs and after the last one; `best.pt`
+(highest val mIoU) and `last.pt` (also resumable, also every `--ckpt-every-steps` steps).
+
+Both checkpoints keep {"genotype", "model", "meta"} at the top level
+(`gasnas.space.derived.checkpoint_payload`), so `load_derived_checkpoint`, `gasnas eval`,
+`bench`, `export` and `predict` read either. meta: class_names, palette, mean, std, dataset,
+data_root, epoch, miou, iou per class, config (the resolved run config), genotype source.
+
+Run folder: `cfg.run_dir / "train"` unless given: config.yaml, genotype.json (as trained),
+metrics.jsonl, plots/, best.pt, last.pt.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gasnas.config import Config
+from gasnas.engine import checkpoint as ckpt_io
+from gasnas.engine import distributed as D
+from gasnas.engine.evaluate import evaluate
+from gasnas.engine.losses import OhemCrossEntropy
+from gasnas.engine.metrics import nan_to_none
+from gasnas.engine.runtime import (
+    MetricsLog,
+    RunInterrupted,
+    Runtime,
+    StopSignal,
+    check_finite,
+    log,
+    progress,
+    safe_plot,
+)
+from gasnas.engine.sampling import EpochBatches, batch_loader, eval_loader
+from gasnas.errors import GasnasError
+
+TRAIN_STREAM = 3
+LAST, BEST = "last.pt", "best.pt"
+
+
+def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
+    return base_lr * (1.0 - min(iteration, total) / max(1, total)) ** power
+
+
+def load_pretrained(model: nn.Module, path: str) -> tuple[int, int]:
+    """Copy every tensor of `path` whose name and shape match (a gasnas checkpoint's "model"
+    or a bare state_dict). Returns (copied, total); nothing matching is an error."""
+    from gasnas.fileio import torch_load
+
+    blob = torch_load(path)
+    state = blob.get("model", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise GasnasError(f"{path}: expected a state_dict or a gasnas checkpoint with 'model'")
+    own = model.state_dict()
+    ok = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
+    if not ok:
+        raise GasnasError(f"{path}: no tensor matches this network (names or shapes differ)")
+    model.load_state_dict(ok, strict=False)
+    return len(ok), len(own)
+
+
+def genotype_for_training(genotype: Any, cfg: Config) -> Any:
+    """The genotype as trained: aux heads from this config, classes from its dataset."""
+    space = replace(genotype.space, aux_heads=cfg.space.aux_heads)
+    return replace(genotype, space=space, num_classes=cfg.data.num_classes)
+
+
+def _new_accum() -> dict[str, float]:
+    return {"loss": 0.0, "n": 0}
+
+
+class TrainRun:
+    """State and loop of one training run (use `run_train`)."""
+
+    def __init__(self, cfg: Config, rt: Runtime, run_dir: Path, genotype: Any, genotype_source: str,
+                 resume: dict[str, Any] | None, ckpt_every_steps: int = 0,
+                 show_progress: bool = True) -> None:
+        from gasnas.data import MEAN, STD, build_dataset, class_names, palette
+        from gasnas.space.derived import DerivedNet
+
+        self.cfg, self.rt, self.run_dir = cfg, rt, run_dir
+        self.info, self.device, self.main = rt.dist, rt.device, rt.main
+        self.ckpt_every = int(ckpt_every_steps or 0)
+        self.show = show_progress and self.main
+        self.last_path, self.best_path = run_dir / LAST, run_dir / BEST
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main)
+        tc = cfg.train
+
+        self.train_ds = build_dataset(cfg.data, cfg.data.train_split, train=True)
+        self.val_ds = build_dataset(cfg.data, cfg.data.val_split, train=False)
+        self.class_names = list(class_names(cfg.data))
+        self.palette = np.asarray(palette(cfg.data), dtype=np.uint8)
+        self.num_classes = cfg.data.num_classes
+        self.batches = EpochBatches(range(len(self.train_ds)), tc.batch_size, cfg.seed, TRAIN_STREAM,
+                                    self.info.rank, self.info.world)
+        self.steps_per_epoch = self.batches.batches_per_epoch
+        if tc.max_steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, max(1, tc.max_steps_per_epoch))
+        if self.steps_per_epoch < 1:
+            raise GasnasError(f"training needs at least train.batch_size = {tc.batch_size} images; "
+                              f"{cfg.data.root} split '{cfg.data.train_split}' has {len(self.train_ds)}")
+        self.total_iters = tc.epochs * self.steps_per_epoch
+        self.loader = batch_loader(self.train_ds, self.batches, cfg.data.workers, self.device.type == "cuda")
+        self.val_loader = eval_loader(self.val_ds, self.info.rank, self.info.world, cfg.data.workers)
+
+        self.genotype = genotype_for_training(genotype, cfg)
+        self.genotype_source = genotype_source
+        torch.manual_seed(cfg.seed)
+        self.model = DerivedNet(self.genotype)
+        if tc.pretrained and resume is None:
+            copied, total = load_pretrained(self.model, tc.pretrained)
+            log(f"pretrained: {copied}/{total} tensors from {tc.pretrained}", self.main)
+        self.model.to(self.device)
+        if self.info.enabled:
+            D.sync_batchnorm(self.model)
+            D.broadcast_module(self.model, self.info)
+        self.aux = bool(self.genotype.space.aux_heads)
+        self.criterion = OhemCrossEntropy(cfg.data.ignore_index, tc.ohem_thresh, tc.ohem_min_kept)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=tc.lr, momentum=tc.momentum,
+                                         weight_decay=tc.weight_decay)
+        self.meta_base = {
+            "class_names": self.class_names, "palette": self.palette.tolist(),
+            "mean": list(MEAN), "std": list(STD), "dataset": cfg.data.format,
+            "data_root": cfg.data.root, "config": cfg.to_dict(), "config_name": cfg.name,
+            "seed": cfg.seed, "genotype_source": genotype_source,
+        }
+
+        self.epoch, self.step, self.global_step = 0, 0, 0
+        self.best_miou, self.best_epoch = -math.inf, None
+        self.last_eval: dict[str, Any] = {"miou": None, "pixel_acc": None, "iou": None, "eval_epoch": None}
+        self.accum = _new_accum()
+        if resume is not None:
+            self._restore(resume)
+        elif self.main:
+            self.metrics.reset()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def meta(self) -> dict[str, Any]:
+        """What a checkpoint says about itself; miou etc. are those of the latest evaluation."""
+        return dict(self.meta_base, epoch=self.epoch, **self.last_eval)
+
+    def payload(self, resumable: bool) -> dict[str, Any]:
+        from gasnas.space.derived import checkpoint_payload
+
+        extra: dict[str, Any] = {"kind": "train" if resumable else "trained"}
+        if resumable:
+            extra.update(
+                optimizer=self.optimizer.state_dict(), epoch=self.epoch, step=self.step,
+                global_step=self.global_step, steps_per_epoch=self.steps_per_epoch,
+                best_miou=self.best_miou if self.best_epoch is not None else None,
+                best_epoch=self.best_epoch, accum=dict(self.accum), rng=ckpt_io.rng_state())
+        return checkpoint_payload(self.model, self.meta(), **extra)
+
+    def save_last(self) -> Path:
+        if self.main:
+            ckpt_io.save(self.last_path, self.payload(True))
+        D.barrier(self.info)
+        return self.last_path
+
+    def _restore(self, ck: dict[str, Any]) -> None:
+        if ck.get("steps_per_epoch") != self.steps_per_epoch:
+            raise GasnasError(f"{self.last_path}: {ck.get('steps_per_epoch')} steps per epoch in the "
+                              f"checkpoint, {self.steps_per_epoch} with this config")
+        try:
+            self.model.load_state_dict(ck["model"])
+        except RuntimeError as exc:
+            raise GasnasError(f"{self.last_path}: weights do not match the network "
+                              f"({str(exc).splitlines()[0]})") from None
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.epoch, self.step, self.global_step = int(ck["epoch"]), int(ck["step"]), int(ck["global_step"])
+        if ck.get("best_miou") is not None:
+            self.best_miou, self.best_epoch = float(ck["best_miou"]), ck.get("best_epoch")
+        self.accum = dict(ck["accum"])
+        meta = ck.get("meta") or {}
+        self.last_eval = {k: meta.get(k) for k in self.last_eval}
+        ckpt_io.set_rng_state(ck["rng"])
+        done = self.epoch
+        self.metrics.truncate(lambda r: int(r.get("epoch", 0)) <= done)
+        log(f"resumed {self.run_dir} at {ckpt_io.position_text(self.epoch, self.step)}", self.main)
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> Path:
+        tc = self.cfg.train
+        with StopSignal() as stop:
+            while self.epoch < tc.epochs:
+                self._train_epoch(stop)
+                self._end_epoch()
+                self._check_stop(stop)
+        if self.main:
+            log(f"best val mIoU {100 * self.best_miou:.2f} (epoch {self.best_epoch}): {self.best_path}", True)
+        D.barrier(self.info)
+        return self.best_path
+
+    def _check_stop(self, stop: StopSignal) -> None:
+        if D.any_rank(stop.requested, self.info, self.device):
+            path = self.save_last()
+            raise RunInterrupted(path, ckpt_io.position_text(self.epoch, self.step), stop.signum)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.aux:
+            logits, aux = self.model(images, return_aux=True)
+            loss = self.criterion(logits, labels, self.info)
+            for a in aux:
+                loss = loss + self.cfg.train.aux_weight * self.criterion(a, labels, self.info)
+            return loss
+        return self.criterion(self.model(images), labels, self.info)
+
+    def _train_epoch(self, stop: StopSignal) -> None:
+        tc, e = self.cfg.train, self.epoch
+        self.model.train()
+        self.batches.set_epoch(e, self.step, self.steps_per_epoch)
+        bar = progress(self.loader, self.show, total=self.steps_per_epoch - self.step,
+                       desc=f"train {e + 1}/{tc.epochs}")
+        params = list(self.model.parameters())
+        for images, labels in bar:
+            lr = poly_lr(tc.lr, self.global_step, self.total_iters, tc.poly_power)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss(images, labels)
+            loss.backward()
+            value = float(D.global_mean(loss.detach().float(), self.info))
+            check_finite(value, "training loss", e, self.step, self.last_path)
+            D.average_gradients(params, self.info)
+            self.optimizer.step()
+            self.accum["loss"] += value
+            self.accum["n"] += 1
+            self.step += 1
+            self.global_step += 1
+            if self.show:
+                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+            if self.ckpt_every and self.global_step % self.ckpt_every == 0 and self.step < self.steps_per_epoch:
+                self.save_last()
+            self._check_stop(stop)
+
+    def _end_epoch(self) -> None:
+        tc, e = self.cfg.train, self.epoch
+        t0 = time.perf_counter()
+        every = tc.eval_every if tc.eval_every and tc.eval_every > 0 else tc.epochs
+        row: dict[str, Any] = {
+            "epoch": e + 1, "steps": self.accum["n"],
+            "loss": self.accum["loss"] / self.accum["n"] if self.accum["n"] else None,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        self.epoch, self.step = e + 1, 0
+        self.accum = _new_accum()
+        result = None
+        if (e + 1) % every == 0 or e + 1 == tc.epochs:
+            result = evaluate(self.model, self.val_loader, self.num_classes, self.cfg.data.ignore_index,
+                              info=self.info, class_names=self.class_names)
+            self.last_eval = {"miou": result["miou"], "pixel_acc": result["pixel_acc"],
+                              "iou": nan_to_none(result["iou"]), "eval_epoch": e + 1}
+            improved = self.best_epoch is None or result["miou"] > self.best_miou
+            if improved:
+                self.best_miou, self.best_epoch = result["miou"], e + 1
+                if self.main:
+                    ckpt_io.save(self.best_path, self.payload(False))
+            row.update(val_miou=result["miou"], val_pixel_acc=result["pixel_acc"],
+                       val_mean_acc=result["mean_acc"], best_miou=self.best_miou, best_epoch=self.best_epoch)
+            log(f"epoch {e + 1}/{tc.epochs} loss {row['loss']:.4f} val mIoU {100 * result['miou']:.2f} "
+                f"(best {100 * self.best_miou:.2f} @ {self.best_epoch})", self.main)
+        row["epoch_end_s"] = round(time.perf_counter() - t0, 3)
+        if self.main:
+            self.metrics.append(row)
+            self._plots(result is not None)
+        self.save_last()
+
+    def _plots(self, evaluated: bool) -> None:
+        from gasnas import viz
+
+        rows = self.metrics.rows()
+        plots = self.run_dir / "plots"
+        safe_plot(viz.plot_curves, rows, plots / "loss.png", ["loss", "lr"])
+        safe_plot(viz.plot_curves, rows, plots / "miou.png", ["val_miou", "val_pixel_acc"])
+        if evaluated:
+            safe_plot(self._plot_examples, plots / "predictions.png")
+
+    def _plot_examples(self, path: Path, n: int = 4) -> None:
+        from gasnas.data import denormalize
+        from gasnas.engine.evaluate import predict
+        from gasnas.viz import plot_predictions
+
+        images, labels, preds = [], [], []
+        self.model.eval()
+        try:
+            for i in range(min(n, len(self.val_ds))):
+                x, y = self.val_ds[i]
+                with torch.no_grad():
+                    p = predict(self.model, x.unsqueeze(0).to(self.device)).argmax(1)[0].cpu()
+                img = (denormalize(x).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                images.append(img)
+                labels.append(y.numpy())
+                preds.append(p.numpy())
+        finally:
+            self.model.train()
+        plot_predictions(images, labels, preds, self.palette, path)
+
+
+def prepare_train_dir(cfg: Config, genotype_path: str | Path | None, resume: str | Path | None,
+                      run_dir: str | Path | None, rt: Runtime) -> tuple[Path, Any, str, dict[str, Any] | None]:
+    """(run folder, genotype, where it came from, checkpoint to resume or None)."""
+    from gasnas.space.genotype import Genotype
+
+    if resume is not None:
+        out = Path(resume)
+        ck = ckpt_io.load(ckpt_io.resume_file(out, LAST), "train")
+        genotype = Genotype.from_dict(ck["genotype"], f"{out / LAST}:genotype")
+        source = str((ck.get("meta") or {}).get("genotype_source", out / LAST))
+    else:
+        if genotype_path is None:
+            raise GasnasError("train needs --genotype GENOTYPE.json (or --resume RUN_DIR)")
+        out = Path(run_dir) if run_dir is not None else cfg.run_dir / "train"
+        if (out / LAST).is_file():
+            raise GasnasError(f"{out} already holds a training run: resume it with --resume {out}, "
+                              "or train elsewhere with --set name=NEW_NAME (or --run-dir)")
+        genotype = Genotype.load(genotype_path)
+        source, ck = str(genotype_path), None
+    if rt.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cfg.dump())
+        genotype_for_training(genotype, cfg).save(out / "genotype.json")
+    D.barrier(rt.dist)
+    return out, genotype, source, ck
+
+
+def run_train(cfg: Config, genotype_path: str | Path | None, resume: str | Path | None = None, *,
+              run_dir: str | Path | None = None, ckpt_every_steps: int = 0,
+              show_progress: bool = True) -> Path:
+    """Train the derived net of `genotype_path` from scratch; returns the best checkpoint path.
+
+    `resume`: a training folder whose last.pt continues where it stopped (the genotype comes
+    from the checkpoint). `run_dir` defaults to cfg.run_dir / "train".
+    """
+    from gasnas.engine.runtime import setup
+
+    rt = setup(cfg)
+    out, genotype, source, ck = prepare_train_dir(cfg, genotype_path, resume, run_dir, rt)
+    if ck is not None and ck.get("meta", {}).get("config", {}).get("data", {}).get("num_classes") not in (
+            None, cfg.data.num_classes):
+        raise GasnasError(f"{out / LAST}: trained for a different number of classes than data.num_classes")
+    return TrainRun(cfg, rt, out, genotype, source, ck, ckpt_every_steps, show_progress).run()

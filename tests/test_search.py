@@ -1,0 +1,235 @@
+"""Search end to end on a tiny space: run folder, which step moves which parameters, λ adaptation,
+final-genotype selection, NaN stop, Ctrl-C, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from test_engine_support import data_root, shared_lut, single_thread, tiny_config  # noqa: F401
+
+import gasnas.engine.search as search_mod
+from gasnas.cli import main
+from gasnas.engine.architect import Architect
+from gasnas.engine.checkpoint import load as load_ckpt
+from gasnas.engine.search import SearchRun, run_search
+from gasnas.space.genotype import Genotype
+
+ROW_FIELDS = {"epoch", "phase", "lr", "lambda", "w_loss", "a_loss", "a_ce", "lat_loss", "expected_ms",
+              "predicted_ms", "measured_ms", "val_miou", "alpha_entropy", "genotype"}
+
+
+def _write_config(cfg, path: Path) -> Path:
+    path.write_text(cfg.dump())
+    return path
+
+
+def _snapshot(params) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+def _changed(before, params) -> list[bool]:
+    return [not torch.equal(b, p.detach()) for b, p in zip(before, params)]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One instrumented search: 2 epochs (1 warm-up), 3 steps each, derived latency measured."""
+    data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
+    out = tmp_path_factory.mktemp("search")
+    cfg = tiny_config(data, out, "s", f"latency.lut={lut}", "search.measure_derived=true")
+    events: list[tuple[str, list[bool], list[bool]]] = []
+    weight_step, arch_step = search_mod.weight_step, Architect.step
+
+    def spy_weight_step(supernet, *args, **kw):
+        a, w = supernet.arch_parameters(), supernet.weight_parameters()
+        ba, bw = _snapshot(a), _snapshot(w)
+        out = weight_step(supernet, *args, **kw)
+        events.append(("w", _changed(ba, a), _changed(bw, w)))
+        return out
+
+    def spy_arch_step(self, *args, **kw):
+        a, w = self.supernet.arch_parameters(), self.supernet.weight_parameters()
+        ba, bw = _snapshot(a), _snapshot(w)
+        out = arch_step(self, *args, **kw)
+        events.append(("a", _changed(ba, a), _changed(bw, w)))
+        return out
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(search_mod, "weight_step", spy_weight_step)
+        mp.setattr(Architect, "step", spy_arch_step)
+        path = run_search(cfg, show_progress=False)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(False)
+    return SimpleNamespace(cfg=cfg, path=path, run_dir=cfg.run_dir, events=events)
+
+
+def test_search_writes_the_run_folder(searched) -> None:
+    run = searched.run_dir
+    assert searched.path == run / "genotype.json"
+    g = Genotype.load(searched.path)
+    assert g.predicted_latency_ms is not None and g.predicted_latency_ms > 0
+    for key in ("dataset", "seed", "config", "measured_latency_ms", "selected_epoch"):
+        assert key in g.provenance, key
+    assert g.provenance["config"] == "s" and g.provenance["measured_latency_ms"] > 0
+    for name in ("config.yaml", "lut.json", "metrics.jsonl", "genotype_epoch1.json", "genotype_epoch2.json",
+                 "checkpoints/last.pt", "plots/losses.png", "plots/miou.png", "plots/latency.png",
+                 "plots/alphas.png", "plots/genotype.png"):
+        assert (run / name).is_file(), name
+    assert yaml.safe_load((run / "config.yaml").read_text())["name"] == "s"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["phase"] for r in rows] == ["warmup", "search"]
+    for r in rows:
+        assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
+        assert len(r["alpha_entropy"]) == 5 and r["measured_ms"] > 0 and 0 <= r["val_miou"] <= 1
+    assert rows[0]["a_loss"] is None and rows[1]["a_loss"] is not None
+    assert rows[1]["lr"] < rows[0]["lr"]  # cosine
+    ck = load_ckpt(run / "checkpoints/last.pt", "search")
+    assert (ck["epoch"], ck["step"]) == (2, 0)
+
+
+def test_each_step_moves_only_its_own_parameters(searched) -> None:
+    kinds = [k for k, _, _ in searched.events]
+    assert kinds == ["w"] * 3 + ["w", "a"] * 3  # warm-up: weights only; then alternation
+    for kind, arch_changed, weights_changed in searched.events:
+        if kind == "w":
+            assert not any(arch_changed), "a weight step changed α or the GGM"
+            assert any(weights_changed)
+        else:
+            assert not any(weights_changed), "an architecture step changed network weights"
+            assert all(arch_changed), "every α tensor and GGM parameter moves in an arch step"
+
+
+def test_target_mode_adapts_lambda_from_measured_latency(tmp_path_factory, single_thread, capsys) -> None:  # noqa: F811
+    from gasnas.latency import adapt_lambda
+
+    data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
+    cfg = tiny_config(data, tmp_path_factory.mktemp("target"), "t", f"latency.lut={lut}",
+                      "search.measure_derived=true", "search.epochs=3")
+    recipe = _write_config(cfg, cfg.run_dir.parent / "t.yaml")
+    assert main(["search", "--config", str(recipe), "--target-ms", "0.01", "--no-progress"]) == 0
+    rows = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["lambda_next"] == rows[0]["lambda"]  # not during warm-up
+    for r in rows[1:]:
+        assert r["lambda_next"] == pytest.approx(adapt_lambda(r["lambda"], r["measured_ms"], 0.01, 2.0))
+        assert r["lambda_next"] == pytest.approx(2 * r["lambda"])  # 0.01 ms is unreachable: λ doubles
+    assert rows[2]["lambda"] == pytest.approx(2 * rows[1]["lambda"])
+    g = Genotype.load(cfg.run_dir / "genotype.json")
+    assert g.provenance["target_ms"] == 0.01 and g.provenance["within_target"] is False
+    assert "within" in capsys.readouterr().err  # the warning says the target was missed
+
+
+def test_final_genotype_selection_with_a_target() -> None:
+    def fake(rows, loss="target", target=10.0):
+        lat = SimpleNamespace(loss=loss, target_ms=target)
+        return SimpleNamespace(metrics=SimpleNamespace(rows=lambda: rows), run_dir=Path("r"), main=False,
+                               cfg=SimpleNamespace(latency=lat))
+
+    rows = [{"epoch": 1, "phase": "warmup", "genotype": "g1", "measured_ms": 10.0, "predicted_ms": 9},
+            {"epoch": 2, "phase": "search", "genotype": "g2", "measured_ms": 10.5, "predicted_ms": 9},
+            {"epoch": 3, "phase": "search", "genotype": "g3", "measured_ms": 13.0, "predicted_ms": 9},
+            {"epoch": 4, "phase": "search", "genotype": "g4", "measured_ms": 12.0, "predicted_ms": 9}]
+    assert SearchRun.select_final(fake(rows))[0] == 2  # latest post-warm-up epoch within ±10%
+    assert SearchRun.select_final(fake(rows[:1] + rows[2:]))[0] == 4  # none within: closest
+    assert SearchRun.select_final(fake(rows, loss="linear"))[0] == 4  # no target: the last
+
+
+def test_nan_stops_with_one_line_and_keeps_last_checkpoint(tmp_path_factory, single_thread, monkeypatch, capsys) -> None:  # noqa: F811
+    from gasnas.engine.losses import CrossEntropy
+
+    data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
+    cfg = tiny_config(data, tmp_path_factory.mktemp("nan"), "n", f"latency.lut={lut}")
+    recipe = _write_config(cfg, cfg.run_dir.parent / "n.yaml")
+    calls = {"n": 0}
+    forward = CrossEntropy.forward
+
+    def poisoned(self, logits, target, info=None):
+        calls["n"] += 1
+        loss = forward(self, logits, target, info)
+        return loss * float("nan") if calls["n"] == 5 else loss  # epoch 2, step 1, arch step
+
+    monkeypatch.setattr(CrossEntropy, "forward", poisoned)
+    code = main(["search", "--config", str(recipe), "--ckpt-every-steps", "1", "--no-progress"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gasnas:")]
+    assert code == 2
+    assert len(err) == 1 and "non-finite architecture loss" in err[0] and "epoch 2 step 1" in err[0]
+    assert "last good checkpoint kept" in err[0]
+    ck = load_ckpt(cfg.run_dir / "checkpoints/last.pt", "search")
+    assert (ck["epoch"], ck["step"]) == (1, 0)  # the end of epoch 1, before the bad step
+    assert all(torch.isfinite(v).all() for v in ck["supernet"].values() if v.is_floating_point())
+
+
+def test_ctrl_c_saves_and_resume_finishes(tmp_path_factory, single_thread, monkeypatch, capsys) -> None:  # noqa: F811
+    data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
+    cfg = tiny_config(data, tmp_path_factory.mktemp("sigint"), "c", f"latency.lut={lut}")
+    recipe = _write_config(cfg, cfg.run_dir.parent / "c.yaml")
+    weight_step, calls = search_mod.weight_step, {"n": 0}
+    handler_before = signal.getsignal(signal.SIGINT)
+
+    def interrupting(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C were pressed during step 2
+        return weight_step(*args, **kw)
+
+    monkeypatch.setattr(search_mod, "weight_step", interrupting)
+    assert main(["search", "--config", str(recipe), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at epoch 1 step 2; checkpoint saved to" in err and "--resume" in err
+    ck = load_ckpt(cfg.run_dir / "checkpoints/last.pt", "search")
+    assert (ck["epoch"], ck["step"]) == (0, 2)
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
+    monkeypatch.setattr(search_mod, "weight_step", weight_step)
+    assert main(["search", "--resume", str(cfg.run_dir), "--no-progress"]) == 0
+    assert Genotype.load(cfg.run_dir / "genotype.json").provenance["selected_epoch"] == 2
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("gasnas: error: ")
+    return err[0]
+
+
+def test_errors_exit_2_with_one_line(tmp_path_factory, single_thread, capsys) -> None:  # noqa: F811
+    data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("errors")
+    base = ["--no-progress", "--set", f"out_dir={tmp}"]
+
+    cfg = tiny_config(tmp / "missing", tmp, "e1")
+    recipe = _write_config(cfg, tmp / "e1.yaml")
+    assert main(["search", "--config", str(recipe), *base]) == 2
+    assert str(tmp / "missing") in _one_error_line(capsys)
+
+    cfg = tiny_config(data, tmp, "e2", f"latency.lut={lut}", "latency.threads=2")
+    recipe = _write_config(cfg, tmp / "e2.yaml")
+    assert main(["search", "--config", str(recipe), *base]) == 2
+    assert "threads" in _one_error_line(capsys)  # a table measured under other conditions
+
+    assert main(["search", "--resume", str(tmp / "nothing"), *base]) == 2
+    assert "nothing" in _one_error_line(capsys)
+
+    bad = tmp / "bad.json"
+    bad.write_text('{"schema_version": 1, "num_classes": 11, "space": {}, "cells": []}')
+    cfg = tiny_config(data, tmp, "e3")
+    recipe = _write_config(cfg, tmp / "e3.yaml")
+    assert main(["train", "--genotype", str(bad), "--config", str(recipe), *base]) == 2
+    assert "bad.json" in _one_error_line(capsys)
+
+    assert main(["eval", "--checkpoint", str(bad)]) == 2
+    assert "bad.json" in _one_error_line(capsys)
+
+
+def test_existing_run_folder_is_not_overwritten(searched, capsys) -> None:
+    recipe = _write_config(searched.cfg, searched.run_dir.parent / "again.yaml")
+    assert main(["search", "--config", str(recipe), "--no-progress"]) == 2
+    assert "--resume" in _one_error_line(capsys)

@@ -1,0 +1,73 @@
+"""Training end to end (aux heads, OHEM, best/last checkpoints) and `gasnas eval` on its output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_engine_support import data_root, single_thread, tiny_config  # noqa: F401
+
+from gasnas.cli import main
+from gasnas.engine.checkpoint import load as load_ckpt
+from gasnas.engine.train import poly_lr, run_train
+from gasnas.space.derived import DerivedNet, load_derived_checkpoint
+from gasnas.space.genotype import derive_genotype
+from gasnas.space.supernet import Supernet
+
+
+def random_genotype(cfg, path):
+    torch.manual_seed(1)
+    g = derive_genotype(Supernet(cfg.space, cfg.data.num_classes), {"dataset": "test"})
+    g.save(path)
+    return path
+
+
+def test_poly_lr() -> None:
+    assert poly_lr(0.01, 0, 100, 0.9) == 0.01
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(0.01, 100, 100, 0.9) == 0.0
+
+
+def test_train_writes_loadable_checkpoints_and_eval_reads_them(tmp_path_factory, single_thread, capsys) -> None:  # noqa: F811
+    data = data_root(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = tiny_config(data, tmp, "tr", "space.aux_heads=true")
+    genotype = random_genotype(cfg, tmp / "genotype.json")
+    best = run_train(cfg, genotype, show_progress=False)
+    out = cfg.run_dir / "train"
+    assert best == out / "best.pt"
+    for name in ("best.pt", "last.pt", "metrics.jsonl", "config.yaml", "genotype.json",
+                 "plots/loss.png", "plots/miou.png", "plots/predictions.png"):
+        assert (out / name).is_file(), name
+
+    model, meta = load_derived_checkpoint(best)
+    assert isinstance(model, DerivedNet) and model.head.aux is not None  # trained with aux heads
+    for key in ("class_names", "palette", "mean", "std", "dataset", "epoch", "miou"):
+        assert key in meta, key
+    assert len(meta["class_names"]) == 11 and len(meta["palette"]) == 11 and len(meta["palette"][0]) == 3
+    last_model, last_meta = load_derived_checkpoint(out / "last.pt")
+    assert last_meta["epoch"] == 2
+    ck = load_ckpt(out / "last.pt", "train")
+    assert (ck["epoch"], ck["step"], ck["global_step"]) == (2, 0, 6)
+
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all({"loss", "lr", "val_miou", "best_miou"} <= set(r) for r in rows)
+    assert max(r["val_miou"] for r in rows) == pytest.approx(meta["miou"])
+    assert rows[1]["lr"] < rows[0]["lr"]
+    capsys.readouterr()
+
+    # gasnas eval: same split, same network, no TTA → the mIoU recorded in best.pt
+    preds = tmp / "preds"
+    report = tmp / "eval.json"
+    assert main(["eval", "--checkpoint", str(best), "--save-preds", str(preds), "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "Sky" in printed
+    result = json.loads(report.read_text())
+    assert result["miou"] == pytest.approx(meta["miou"])
+    assert len(result["confusion"]) == 11 and len(result["iou"]) == 11
+    assert len(list(preds.glob("val_*.png"))) == 2 and (preds / "examples.png").is_file()
+    # TTA runs and gives a valid number
+    assert main(["eval", "--checkpoint", str(best), "--flip", "--scales", "0.75,1,1.25", "--json", str(report)]) == 0
+    assert 0.0 <= json.loads(report.read_text())["miou"] <= 1.0
