@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from data_fixtures import H, W, make_camvid, make_cityscapes, make_folder, rand_image, write_png
+from data_fixtures import (
+    CAMVID_REAL,
+    H,
+    W,
+    make_camvid,
+    make_cityscapes,
+    make_folder,
+    rand_image,
+    write_png,
+)
 from PIL import Image
 
 from gasnas.cli import main
@@ -289,3 +298,22 @@ def test_cli_synth(tmp_path, capsys):
     assert main(args[:-1] + ["--seed", "4", "--force", "--no-progress"]) == 0
     assert main(["data", "synth", "--out", str(out), "--size", "big"]) == 2
     assert "--size" in capsys.readouterr().err
+
+
+def test_cli_synth_from_config_overrides(tmp_path, capsys):
+    out = tmp_path / "cfg"
+    sets = [f"data.root={out}", "data.synth_n_train=2", "data.synth_n_val=0", "data.synth_size=[24,32]"]
+    assert main(["data", "synth", "--no-progress"] + [a for s in sets for a in ("--set", s)]) == 0
+    assert "2 synthetic images (24x32)" in capsys.readouterr().out
+    assert len(list((out / "train").glob("*.png"))) == 2 and not (out / "val").exists()
+
+
+@pytest.mark.skipif(not CAMVID_REAL.is_dir(), reason="../shared/data/camvid not present")
+def test_real_camvid_through_a_dataloader():
+    cfg = cfg_for("camvid", CAMVID_REAL, crop_size=[96, 128], max_train_images=4)
+    ds = build_dataset(cfg, "train", train=True)
+    assert len(ds) == 4 and len(build_dataset(cfg, "val", train=False)) == 101
+    torch.manual_seed(0)
+    images, labels = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)))
+    assert images.shape == (4, 3, 96, 128) and labels.shape == (4, 96, 128)
+    assert set(labels.unique().tolist()) <= set(range(11)) | {255}

@@ -100,12 +100,14 @@ def check_pair(pair: Pair, layout: Layout, k: int) -> tuple[list[Problem], np.nd
     if isinstance(lbl, str):
         problems.append(Problem(pair.label, UNREADABLE, lbl))
         return problems, hist
-    if lbl.mode not in ("L", "P") and not lbl.mode.startswith("I"):
+    if lbl.mode not in ("L", "P", "1") and not lbl.mode.startswith("I"):
         problems.append(Problem(pair.label, NOT_SINGLE_CHANNEL, f"mode {lbl.mode}; expected one class index per pixel"))
         return problems, hist
     if not isinstance(img, str) and img.size != lbl.size:
         problems.append(Problem(pair.label, SIZE_MISMATCH, f"label {lbl.size[0]}x{lbl.size[1]}, image {pair.image.name} {img.size[0]}x{img.size[1]}"))
     raw = np.asarray(lbl)
+    if raw.dtype == bool:
+        raw = raw.astype(np.uint8)
     if raw.dtype == np.uint8:
         counts = np.bincount(raw.ravel(), minlength=256)
         extra: dict[int, int] = {}

@@ -44,6 +44,8 @@ def read_label(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             if im.mode in ("L", "P"):
                 return np.array(im)
+            if im.mode == "1":  # a bilevel mask: classes 0 and 1
+                return np.array(im).astype(np.uint8)
             if im.mode.startswith("I"):
                 return np.array(im).astype(np.int32)
             mode = im.mode

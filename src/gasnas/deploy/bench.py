@@ -150,11 +150,14 @@ def check_options(backends: list[str], device: str, dtype: str) -> None:
 
 def run_bench(models: list[BenchModel], input_size: tuple[int, int], backends: list[str],
               device: str = "cpu", dtype: str = "fp32", threads: int | None = None,
-              warmup: int = 3, runs: int = 10, progress: bool = False) -> dict[str, Any]:
+              warmup: int = 3, runs: int = 10, progress: bool = False,
+              extras: dict[str, Callable[[], Any]] | None = None) -> dict[str, Any]:
     """Time every model on every backend, interleaved, and return the report (JSON-able).
 
     A backend that cannot run here (TensorRT not installed, onnxruntime without CUDA, ...) is
-    reported as `unavailable` with the reason, never skipped and never a crash."""
+    reported as `unavailable` with the reason, never skipped and never a crash. `extras` are
+    further zero-argument callables (e.g. a peak-FLOP/s matmul) timed in the same rounds;
+    their timings land in `report["extras"]`."""
     check_options(backends, device, dtype)
     if runs < 1 or warmup < 0:
         raise GasnasError("--runs must be >= 1 and --warmup >= 0")
@@ -185,12 +188,20 @@ def run_bench(models: list[BenchModel], input_size: tuple[int, int], backends: l
                     continue
                 runners.append(fn)
                 timed.append(res)
+        extras = dict(extras or {})
+        for fn in extras.values():
+            fn()
         # The first run above was the first warm-up run.
-        all_samples = time_interleaved(runners, max(0, warmup - 1), runs, device, progress)
+        all_samples = time_interleaved(runners + list(extras.values()), max(0, warmup - 1), runs,
+                                       device, progress)
     for res, samples in zip(timed, all_samples):
         res.samples = samples
         res.timing = timing_from_samples(samples)
-    return _report(models, results, input_size, backends, device, dtype, threads, warmup, runs)
+    report = _report(models, results, input_size, backends, device, dtype, threads, warmup, runs)
+    report["extras"] = {name: {**timing_from_samples(samples).to_dict(),
+                               "samples_ms": [round(v, 4) for v in samples]}
+                        for name, samples in zip(extras, all_samples[len(runners):])}
+    return report
 
 
 def _report(models: list[BenchModel], results: list[BenchResult], input_size: tuple[int, int],
@@ -301,16 +312,17 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def matmul_runner(n: int = 2048, device: str = "cpu") -> Callable[[], torch.Tensor]:
+    """A zero-argument n×n @ n×n fp32 matmul (2·n³ FLOPs): this device's practical peak."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    return lambda: torch.mm(a, b)
+
+
 def measure_matmul_peak(n: int = 2048, device: str = "cpu", threads: int | None = None,
                         warmup: int = 3, runs: int = 10) -> dict[str, Any]:
-    """This device's practical fp32 peak: an n×n @ n×n matmul timed with the shared timer."""
+    """This device's practical fp32 peak: an n×n matmul timed with the shared timer."""
     with torch_threads(threads):
-        a = torch.randn(n, n, device=device)
-        b = torch.randn(n, n, device=device)
-
-        def run() -> torch.Tensor:
-            return torch.mm(a, b)
-
-        t = time_callable(run, warmup, runs, device)
+        t = time_callable(matmul_runner(n, device), warmup, runs, device)
     flops = 2 * n ** 3
     return {"n": n, "flops": flops, **t.to_dict(), "gflops_per_s": flops / 1e9 / (t.median_ms / 1e3)}

@@ -131,7 +131,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--dtype", help="fp32, fp16 or bf16 (default: bench.dtype)")
     b.add_argument("--threads", type=int, help="intra-op threads (default: bench.threads or torch's)")
     b.add_argument("--runs", type=int, help="timed runs per entry (default: bench.runs)")
-    b.add_argument("--warmup", type=int, help="untimed warm-up runs per entry (default: bench.warmup)")
+    b.add_argument("--warmup", type=int, help="untimed warm-up runs per entry; the first one also "
+                   "checks that the backend works (default: bench.warmup)")
     b.add_argument("--baselines", action="store_true",
                    help="also time lraspp_mobilenet_v3_large, deeplabv3_mobilenet_v3_large, fcn_resnet50")
     b.add_argument("--json", metavar="OUT", help="write the full report as JSON")

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from gasnas.config import LatencyConfig, SpaceConfig
+from gasnas.latency.contention import Quiet
 from gasnas.latency.lut import LatencyTable
 
 RIDGE = 1e-3  # pull of each stage scale toward 1, relative to one net's squared relative error
@@ -75,7 +76,7 @@ def fit_calibration(fixed_ms: float, stage_ms: list[list[float]], measured_ms: l
 def calibrate(table: LatencyTable, space: SpaceConfig, num_classes: int, lat_cfg: LatencyConfig,
               samples: int = 16, seed: int = CALIBRATION_SEED, rounds: int = 2,
               input_size: list[int] | tuple[int, int] | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, quiet: Quiet | None = None) -> dict[str, Any]:
     """Measure `samples` spanning derived nets, fit the correction, store it in `table`
     (replacing one with the same scope) and return the record. The caller saves the table."""
     from gasnas.latency.estimator import LatencyEstimator
@@ -86,8 +87,8 @@ def calibrate(table: LatencyTable, space: SpaceConfig, num_classes: int, lat_cfg
     run_cfg = dataclasses.replace(lat_cfg, input_size=size)
     est = LatencyEstimator(space, num_classes, table, size, run_cfg, calibrated=False)
     genotypes = spanning_genotypes(est, samples, seed)
-    per, foreign = measure_genotypes(genotypes, run_cfg, rounds, seed, progress,
-                                     desc="calibrating on derived nets")
+    per, contention = measure_genotypes(genotypes, run_cfg, rounds, seed, progress,
+                                        desc="calibrating on derived nets", quiet=quiet)
     measured = [min(r) for r in per]
     stage_ms = [est.stage_op_ms(g) for g in genotypes]
     scales, offset = fit_calibration(est.raw_fixed_ms, stage_ms, measured)
@@ -103,7 +104,7 @@ def calibrate(table: LatencyTable, space: SpaceConfig, num_classes: int, lat_cfg
         "seed": seed,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "rounds": rounds,
-        "foreign_cpu_cores": foreign,
+        "contention": contention,
         "fit_mape_pct": _mape(fitted, measured),
         "raw_mape_pct": _mape(raw, measured),
         "fitted_on": [

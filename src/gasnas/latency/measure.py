@@ -15,11 +15,12 @@ from typing import Any
 
 from gasnas import __version__
 from gasnas.config import LatencyConfig, SpaceConfig
+from gasnas.latency.contention import Quiet
 from gasnas.latency.keys import Item, space_layout
 from gasnas.latency.lut import LatencyTable
 from gasnas.latency.timing import environment, make_runner, time_callable, torch_threads
 
-MIN_TIMED_MS = 60.0  # total timed milliseconds per entry, at least
+MIN_TIMED_MS = 100.0  # total timed milliseconds per entry, at least
 MAX_REPEATS = 200
 
 
@@ -51,11 +52,14 @@ def measure_item(item: Item, lat_cfg: LatencyConfig) -> float:
 
 
 def measure_into(table: LatencyTable, items: Iterable[Item], lat_cfg: LatencyConfig,
-                 progress: bool = False, desc: str = "latency table", rounds: int = 1) -> list[str]:
+                 progress: bool = False, desc: str = "latency table", rounds: int = 1,
+                 quiet: Quiet | None = None) -> list[str]:
     """Time the items whose key the table lacks and add them; returns the keys measured.
 
     With `rounds` > 1 every entry is timed once per pass and keeps its lowest median (on a
-    shared machine, other processes only ever add time)."""
+    shared machine, other processes only ever add time). `quiet` (default: record the load of
+    other processes, never wait) decides whether to wait for and redo disturbed timings."""
+    quiet = quiet if quiet is not None else Quiet(max_wait_s=0.0, retries=0)
     todo: dict[str, Item] = {}
     for it in items:
         if it.key not in table and it.key not in todo:
@@ -69,7 +73,7 @@ def measure_into(table: LatencyTable, items: Iterable[Item], lat_cfg: LatencyCon
     try:
         for _ in range(max(1, rounds)):
             for key, it in todo.items():
-                ms = measure_item(it, lat_cfg)
+                ms = quiet.measure(lambda it=it: measure_item(it, lat_cfg))
                 best[key] = min(ms, best.get(key, ms))
                 if bar is not None:
                     bar.set_postfix_str(key[:40])
@@ -83,16 +87,21 @@ def measure_into(table: LatencyTable, items: Iterable[Item], lat_cfg: LatencyCon
 
 def build_lut(space: SpaceConfig, num_classes: int, lat_cfg: LatencyConfig,
               input_size: tuple[int, int] | list[int] | None = None, *, progress: bool = True,
-              base: LatencyTable | None = None, rounds: int = 2) -> LatencyTable:
+              base: LatencyTable | None = None, rounds: int = 2,
+              quiet: Quiet | None = None) -> LatencyTable:
     """Measure every entry `space` needs at `input_size` (default `lat_cfg.input_size`).
 
     With `base`, only the keys it lacks are measured and added to it (one table, many spaces);
-    the table's environment must then match `lat_cfg` (checked by the caller).
+    the table's environment must then match `lat_cfg` (checked by the caller). Each entry
+    keeps the lowest median of `rounds` passes; `quiet` (latency/contention.py) may wait for
+    other processes to go quiet.
     """
     size = list(input_size) if input_size is not None else list(lat_cfg.input_size)
     table = base if base is not None else LatencyTable(env=table_env(lat_cfg))
     layout = space_layout(space, num_classes, size)
-    measure_into(table, layout.items(), lat_cfg, progress=progress, rounds=rounds)
+    quiet = quiet if quiet is not None else Quiet(max_wait_s=0.0, retries=0)
+    measure_into(table, layout.items(), lat_cfg, progress=progress, rounds=rounds, quiet=quiet)
+    table.env["measurement"] = {"rounds": rounds, "min_timed_ms": MIN_TIMED_MS, **quiet.summary()}
     sizes = table.env.setdefault("input_sizes", [])
     if size not in sizes:
         sizes.append(size)

@@ -21,7 +21,7 @@ import torch
 
 from gasnas.config import LatencyConfig, SpaceConfig
 from gasnas.fileio import atomic_write, write_json_atomic
-from gasnas.latency.contention import CpuWatch
+from gasnas.latency.contention import Quiet
 from gasnas.latency.lut import LatencyTable
 from gasnas.space.genotype import Genotype
 
@@ -78,12 +78,13 @@ def accuracy(pred: list[float], meas: list[float]) -> dict[str, float]:
 
 
 def measure_genotypes(genotypes: list[Genotype], lat_cfg: LatencyConfig, rounds: int = 2,
-                      seed: int = 0, progress: bool = True,
-                      desc: str = "measuring derived nets") -> tuple[list[list[float]], float | None]:
+                      seed: int = 0, progress: bool = True, desc: str = "measuring derived nets",
+                      quiet: Quiet | None = None) -> tuple[list[list[float]], dict[str, Any]]:
     """Per genotype, the median latency of each of `rounds` passes (pass order shuffled), and
-    the average CPU cores other processes used meanwhile."""
+    the `quiet` policy's summary (other processes' CPU load, disturbed measurements)."""
     from gasnas.latency.estimator import measure_genotype_ms
 
+    quiet = quiet if quiet is not None else Quiet(max_wait_s=0.0, retries=0)
     gen = torch.Generator().manual_seed(seed)
     per: list[list[float]] = [[] for _ in genotypes]
     bar = None
@@ -92,16 +93,15 @@ def measure_genotypes(genotypes: list[Genotype], lat_cfg: LatencyConfig, rounds:
 
         bar = tqdm(total=len(genotypes) * rounds, desc=desc, unit="net", leave=False)
     try:
-        with CpuWatch() as watch:
-            for _ in range(max(1, rounds)):
-                for i in torch.randperm(len(genotypes), generator=gen).tolist():
-                    per[i].append(measure_genotype_ms(genotypes[i], lat_cfg))
-                    if bar is not None:
-                        bar.update(1)
+        for _ in range(max(1, rounds)):
+            for i in torch.randperm(len(genotypes), generator=gen).tolist():
+                per[i].append(quiet.measure(lambda i=i: measure_genotype_ms(genotypes[i], lat_cfg)))
+                if bar is not None:
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    return per, watch.foreign_cores
+    return per, quiet.summary()
 
 
 def noise_floor(per: list[list[float]]) -> dict[str, float] | None:
@@ -119,7 +119,7 @@ def noise_floor(per: list[list[float]]) -> dict[str, float] | None:
 def validate(table: LatencyTable, space: SpaceConfig, num_classes: int, lat_cfg: LatencyConfig,
              samples: int = 50, seed: int = VALIDATION_SEED, rounds: int = 2,
              input_size: list[int] | tuple[int, int] | None = None, out_dir: str | Path | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, quiet: Quiet | None = None) -> dict[str, Any]:
     """Sample, measure, compare; write `validate.json` and `validate.png` to `out_dir`."""
     from gasnas.latency.estimator import LatencyEstimator
     from gasnas.latency.sampling import genotype_signature, spanning_genotypes
@@ -134,7 +134,7 @@ def validate(table: LatencyTable, space: SpaceConfig, num_classes: int, lat_cfg:
         fitted_on = {_signature_of_cells(r["cells"]) for r in est.calibration.get("fitted_on", [])}
     genotypes = spanning_genotypes(est, samples, seed, exclude=fitted_on)
     assert not fitted_on & {genotype_signature(g) for g in genotypes}
-    per, foreign = measure_genotypes(genotypes, run_cfg, rounds, seed, progress)
+    per, contention = measure_genotypes(genotypes, run_cfg, rounds, seed, progress, quiet=quiet)
     measured = [min(r) for r in per]
     predicted = [est.predict(g) for g in genotypes]
     raw = [raw_est.predict(g) for g in genotypes]
@@ -157,7 +157,7 @@ def validate(table: LatencyTable, space: SpaceConfig, num_classes: int, lat_cfg:
         "noise_floor": noise_floor(per),
         "measured_range_ms": [min(measured), max(measured)],
         "slowest_fastest_ratio": max(measured) / min(measured),
-        "foreign_cpu_cores": foreign,
+        "contention": contention,
         "wall_s": None,
         "nets": [
             {"predicted_ms": p, "raw_predicted_ms": r, "measured_ms": m, "passes_ms": ps,
