@@ -83,13 +83,18 @@ class ForeignLoad:
 
 def wait_quiet(threshold: float, max_wait: float) -> float | None:
     """Wait (up to max_wait s) until other processes use less than `threshold` of the CPU."""
-    deadline = time.monotonic() + max_wait
+    start = time.monotonic()
+    said = -1.0
     while True:
         with ForeignLoad() as load:
             time.sleep(2.0)
-        if load.fraction is None or load.fraction < threshold or time.monotonic() > deadline:
+        waited = time.monotonic() - start
+        if load.fraction is None or load.fraction < threshold or waited > max_wait:
             return load.fraction
-        print(f"waiting: other processes use {load.fraction:.0%} of the CPU", file=sys.stderr)
+        if waited - said >= 30:
+            said = waited
+            print(f"waiting for a quiet CPU: other processes use {load.fraction:.0%} of it "
+                  f"({waited:.0f}/{max_wait:.0f} s)", file=sys.stderr)
 
 
 def derived_genotype(path: str | None, out: Path):
@@ -174,12 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         blocks = []
         for backend in backends:
             t0 = time.perf_counter()
+            wait_quiet(args.quiet, args.max_wait)  # outside the lock: keep out of others' way
             with exclusive(args.lock):
-                before = wait_quiet(args.quiet, args.max_wait)
+                before = wait_quiet(args.quiet, 60)
                 with ForeignLoad() as load:
                     block = run_bench(models, size, [backend], "cpu", "fp32", threads, warmup, runs,
                                       progress=True, extras={"matmul": matmul_runner(args.peak_n)})
             block["foreign_cpu_load"] = {"before": before, "during": load.fraction}
+            block["block_s"] = time.perf_counter() - load.t0
             mm = block["extras"]["matmul"]
             peak = {"n": args.peak_n, **mm, "gflops_per_s": 2 * args.peak_n ** 3 / 1e9 / (mm["median_ms"] / 1e3)}
             ref = block["models"][0]["results"][backend]
@@ -193,12 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         report = merge(blocks)
         report["achieved"] = {b: blk["achieved"][b] for b, blk in zip(backends, blocks)}
         report["foreign_cpu_load"] = {b: blk["foreign_cpu_load"] for b, blk in zip(backends, blocks)}
+        report["block_s"] = {b: blk["block_s"] for b, blk in zip(backends, blocks)}
         per_size.append(report)
 
     wall = time.perf_counter() - t_start
+    measuring = sum(v for r in per_size for v in r["block_s"].values())
     lines = ["# Derived GAS net vs torchvision peers (CPU, batch 1, fp32)", "",
              f"Command: `python benchmarks/bench_peers.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
-             f"  — wall time {wall:.0f} s", "", origin + ".", "",
+             f"  — wall time {wall:.0f} s ({measuring:.0f} s measuring, the rest waiting for the lock "
+             "or a quiet CPU)", "", origin + ".", "",
              f"Peak: a {args.peak_n}x{args.peak_n} fp32 matmul (torch, {threads} threads) timed in the "
              "same rounds as the networks of every block (median).", ""]
     for report in per_size:
@@ -215,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     peaks = [a["peak"]["gflops_per_s"] for r in per_size for a in r["achieved"].values()]
     write_json(out / "bench_peers.json", {"genotype": genotype.to_dict(), "genotype_origin": origin,
                                           "peak_gflops_per_s_best": max(peaks), "sizes": per_size,
-                                          "wall_s": wall,
+                                          "wall_s": wall, "measuring_s": measuring,
                                           "threads": threads})
     print(text)
     print(f"wrote {out / 'bench_peers.md'} and {out / 'bench_peers.json'}", file=sys.stderr)

@@ -4,9 +4,14 @@ genotype and metrics as one process with the same global batch.
 Why not bit-identical: each process sums its half of the batch, and sums are then added
 across processes, so floating-point additions happen in a different order (the same is true
 of the BatchNorm statistics, which are global: engine/distributed.py GlobalBatchNorm2d, and of
-the mixed ops, which run unfused under several processes). Differences are rounding-level
-(~1e-7 relative per step); the tolerances below (rel 1e-4 on metrics, 1e-4 abs on α/weights)
-are far below any real divergence (a per-process BatchNorm alone moves the losses by ~1e-2).
+the mixed ops, which run unfused under several processes). One step's gradients agree to
+~1e-7 relative. Tolerances: metrics rel 1e-4, weights 1e-4, α 1e-6 absolute.
+
+Tiny-network caveat: at the default search.w_lr = 0.025 this 32x48 supernet is chaotic (its
+deepest BatchNorms see 4 values): a 1e-7 difference grows ~50x per step, and ONE process
+running the same maths with fused vs unfused mixed-op kernels diverges just as fast as 1 vs 2
+processes. The test therefore uses w_lr = 0.002, where runs that differ only by rounding stay
+within ~1e-6; every other setting is the default path.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ METRICS = ("w_loss", "a_loss", "a_ce", "lat_loss", "expected_ms", "predicted_ms"
 def test_two_processes_match_one(tmp_path_factory, single_thread) -> None:  # noqa: F811
     data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("ddp")
-    extra = (f"latency.lut={lut}", "search.batch_size=4", "search.max_steps_per_epoch=2")
+    extra = (f"latency.lut={lut}", "search.batch_size=4", "search.max_steps_per_epoch=2",
+             "search.w_lr=0.002", "search.w_lr_min=0.001")
     one = tiny_config(data, tmp, "one", *extra)
     run_search(one, show_progress=False)
 

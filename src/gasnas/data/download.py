@@ -28,13 +28,21 @@ MARKER = "DOWNLOAD_COMPLETE.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+class DownloadError(GasnasError):
+    """A failed fetch; `retry` says whether trying again may help (not for HTTP 4xx)."""
+
+    def __init__(self, message: str, retry: bool = True):
+        super().__init__(message)
+        self.retry = retry
+
+
 def _fetch(url: str, timeout: float = 60.0) -> bytes:
-    """The bytes at `url` (one retry-free attempt); errors become one line naming the URL."""
+    """The bytes at `url` (one attempt); errors become one line naming the URL."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - user-chosen source
             return resp.read()
     except urllib.error.HTTPError as exc:
-        raise GasnasError(f"download failed: {url}: HTTP {exc.code} {exc.reason}") from None
+        raise DownloadError(f"download failed: {url}: HTTP {exc.code} {exc.reason}", retry=exc.code >= 500) from None
     except urllib.error.URLError as exc:
         raise GasnasError(f"download failed: {url}: {exc.reason}") from None
     except (OSError, ValueError) as exc:
@@ -47,8 +55,8 @@ def fetch(url: str, retries: int = 2) -> bytes:
     for i in range(attempts):
         try:
             return _fetch(url)
-        except GasnasError:
-            if i == attempts - 1:
+        except GasnasError as exc:
+            if i == attempts - 1 or not getattr(exc, "retry", True):
                 raise
             time.sleep(1.0 * (i + 1))
     raise AssertionError("unreachable")

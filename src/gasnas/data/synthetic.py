@@ -392,9 +392,9 @@ class Scene:
         if p is None:
             return
         b, zc, y, ok = p
-        hf = rng.uniform(0.9, 1.7)
+        hf = rng.uniform(1.0, 2.0)
         zr = zc[0] - z0
-        kind = rng.integers(3)
+        kind = rng.choice(3, p=[0.3, 0.4, 0.3])
         if kind == 0:  # posts and rails
             post = rng.uniform(1.8, 2.6)
             pat = ((zr % post) < 0.12) | (np.abs(y - hf * 0.45) < 0.05) | (np.abs(y - hf * 0.9) < 0.05)
@@ -486,7 +486,7 @@ class Scene:
         def P(dx: float, y: float) -> tuple[float, float]:
             return cam.p(x + dx, y, z)
 
-        if rng.random() < 0.55:  # seen from behind
+        if rng.random() < 0.3:  # seen from behind
             cu, cvv = P(0, 0.34)
             ellipses(cv, [(cu, cvv, max(0.035 * s, 0.6), 0.34 * s)], dark, BICYCLIST, z + 0.05)
             segment(cv, P(-0.3, 1.05), P(0.3, 1.05), 0.04 * s, dark, BICYCLIST, z + 0.04)
@@ -630,13 +630,13 @@ class Scene:
             x = rng.uniform(a + 0.3, b - 0.3) if b - a > 0.6 else (a + b) / 2
             if rng.random() < 0.15:  # crossing the road
                 x = rng.uniform(-rl, rr)
-            z = rng.uniform(4, 35)
+            z = rng.uniform(4, 28)
             h = rng.uniform(1.0, 1.3) if rng.random() < 0.15 else rng.uniform(1.55, 1.9)
             add(z, self.person, x, z, h)
         for _ in range(int(rng.choice(4, p=[0.25, 0.35, 0.25, 0.15]))):
             side = int(rng.integers(2))
             x = self.edge(side, "road") + (1.0 if side == 0 else -1.0) * rng.uniform(0.6, 1.5)
-            z = rng.uniform(4, 30)
+            z = rng.uniform(4, 24)
             add(z, self.cyclist, x, z)
         for _ in range(int(rng.integers(0, 4))):  # a standalone sign on a short post
             side = int(rng.integers(2))

@@ -164,9 +164,12 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics span the batch of every process.
 
     Same parameters, buffers and state_dict as `nn.BatchNorm2d` (checkpoints are
-    interchangeable). Statistics come from one differentiable all_reduce of [Σx, Σx², n] per
-    layer (its backward all-reduces the gradient), so it works with gloo on CPU as well as with
-    nccl. Outside training, or in a single process, it is plain BatchNorm2d.
+    interchangeable). Each process computes its own mean and variance (torch.var_mean, as
+    accurate as plain BatchNorm); one differentiable all_reduce gathers (count, mean, M2) of
+    every process and Chan's parallel formula combines them, so there is no E[x²] − E[x]²
+    cancellation. The all_reduce's backward all-reduces the gradient, so the gradients are those
+    of BatchNorm over the global batch. Works with gloo on CPU as well as nccl. Outside training,
+    or in a single process, it is plain BatchNorm2d.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,15 +178,20 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
+        world, rank = tdist.get_world_size(), tdist.get_rank()
         c = x.shape[1]
-        n_local = x.numel() // c
         xf = x.float()
-        stats = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)),
-                           xf.new_full((1,), float(n_local))])
-        stats = differentiable_all_reduce(stats)
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp(min=0.0)
+        var_r, mean_r = torch.var_mean(xf, dim=(0, 2, 3), unbiased=False)
+        n_r = float(x.numel() // c)
+        # slot r of a [world, 2C+1] table holds this process's (mean, M2, n); the sum gathers all
+        mine = torch.cat([mean_r, var_r * n_r, xf.new_full((1,), n_r)])
+        table = torch.zeros(world, 2 * c + 1, dtype=xf.dtype, device=x.device)
+        table = table.index_copy(0, torch.tensor([rank], device=x.device), mine.unsqueeze(0))
+        table = differentiable_all_reduce(table)
+        means, m2s, ns = table[:, :c], table[:, c:2 * c], table[:, 2 * c:]
+        n = ns.sum()
+        mean = (ns * means).sum(0) / n
+        var = ((m2s + ns * (means - mean) ** 2).sum(0) / n).clamp(min=0.0)
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

@@ -111,12 +111,12 @@ def _setup(args: argparse.Namespace, table_env: dict[str, Any] | None = None):
     return cfg, lat, num_classes
 
 
-def _quiet(args: argparse.Namespace):
-    from gasnas.latency.contention import Quiet
+def _quiet(args: argparse.Namespace, threads: int | None):
+    from gasnas.latency.contention import Quiet, busy_threshold
 
     if args.wait_quiet > 0:
-        return Quiet(max_wait_s=args.wait_quiet, retries=3)
-    return Quiet(max_wait_s=0.0, retries=0)
+        return Quiet(threshold=busy_threshold(threads), max_wait_s=args.wait_quiet, retries=3)
+    return Quiet(threshold=busy_threshold(threads), max_wait_s=0.0, retries=0)
 
 
 def _warn_load(summary: dict[str, Any], what: str) -> None:
@@ -143,7 +143,7 @@ def _build(args: argparse.Namespace) -> int:
         base = LatencyTable.load(out)
         base.check_environment(current_environment(lat), lat.allow_foreign_lut)
     t0 = time.perf_counter()
-    quiet = _quiet(args)
+    quiet = _quiet(args, lat.threads)
     before = len(base) if base is not None else 0
     table = build_lut(cfg.space, num_classes, lat, progress=args.progress, base=base,
                       rounds=args.rounds, quiet=quiet)
@@ -154,7 +154,7 @@ def _build(args: argparse.Namespace) -> int:
     _warn_load(quiet.summary(), "building the table")
     if args.calibrate > 0:
         t1 = time.perf_counter()
-        cq = _quiet(args)
+        cq = _quiet(args, lat.threads)
         rec = calibrate(table, cfg.space, num_classes, lat, samples=args.calibrate,
                         rounds=args.rounds, progress=args.progress, quiet=cq)
         table.save(out)
@@ -179,7 +179,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     table = LatencyTable.load(args.lut)
     cfg, lat, num_classes = _setup(args, table.env)
     t0 = time.perf_counter()
-    quiet = _quiet(args)
+    quiet = _quiet(args, lat.threads)
     rec = calibrate(table, cfg.space, num_classes, lat, samples=args.samples, rounds=args.rounds,
                     progress=args.progress, quiet=quiet)
     table.save()
@@ -200,7 +200,7 @@ def _validate(args: argparse.Namespace) -> int:
         raise GasnasError(f"--samples {args.samples}: need at least 2 nets to correlate")
     lut_path = Path(args.lut)
     out = Path(args.out) if args.out else lut_path.with_name(lut_path.stem + "_validate")
-    quiet = _quiet(args)
+    quiet = _quiet(args, lat.threads)
     report = validate(table, cfg.space, num_classes, lat, samples=args.samples, seed=args.seed,
                       rounds=args.rounds, out_dir=out, progress=args.progress, quiet=quiet)
     m, raw, nf = report["metrics"], report["raw_metrics"], report["noise_floor"]

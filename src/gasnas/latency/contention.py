@@ -57,6 +57,14 @@ class CpuWatch:
         self.foreign_cores = max(0.0, foreign)
 
 
+def busy_threshold(threads: int | None) -> float:
+    """Other processes' load (cores) that starts to disturb a measurement using `threads`:
+    whatever leaves fewer cores free than we use, less a margin (at least 0.2)."""
+    cores = os.cpu_count() or 1
+    used = threads if threads is not None else cores
+    return max(0.2, cores - used - 0.8)
+
+
 @dataclass
 class Quiet:
     """Wait-for-quiet and redo-if-disturbed policy for timing on a shared machine.

@@ -29,7 +29,7 @@ from gasnas.config import Config, LatencyConfig, SpaceConfig
 from gasnas.errors import GasnasError
 from gasnas.latency.calibrate import calibration_for, calibration_scope
 from gasnas.latency.keys import Layout, space_layout
-from gasnas.latency.lut import LatencyTable, current_environment
+from gasnas.latency.lut import ENV_FIELDS, LatencyTable, current_environment
 from gasnas.latency.measure import build_lut, measure_into
 from gasnas.space.genotype import Genotype, genotype_weights
 from gasnas.space.ops import OPS
@@ -64,13 +64,20 @@ def ensure_entries(lut: LatencyTable, layout: Layout, lat_cfg: LatencyConfig,
 class LatencyEstimator:
     """Expected latency of a supernet's op weights (differentiable) and of genotypes.
 
+    `input_size` None takes the table's own (`lut.input_size`). With `lat_cfg`, the table's
+    environment must match it (unless `allow_foreign_lut`), and keys it lacks are measured
+    under it (if `measure_missing`); without, under the table's own settings.
     `calibrated=False` ignores the table's calibration (the raw per-entry sum).
     """
 
     def __init__(self, space: SpaceConfig, num_classes: int, lut: LatencyTable,
-                 input_size: tuple[int, int] | list[int], lat_cfg: LatencyConfig | None = None,
+                 input_size: tuple[int, int] | list[int] | None, lat_cfg: LatencyConfig | None = None,
                  *, calibrated: bool = True) -> None:
         self.space, self.num_classes, self.lut = space, num_classes, lut
+        if input_size is None:
+            input_size = lut.input_size
+            if input_size is None:
+                raise GasnasError(f"{lut.source}: the table records no input size; pass one")
         self.input_size = [int(input_size[0]), int(input_size[1])]
         if lat_cfg is not None:
             lut.check_environment(current_environment(lat_cfg), lat_cfg.allow_foreign_lut)
@@ -189,23 +196,28 @@ def get_or_build_lut(cfg: Config, run_dir: Path, num_classes: int, *, progress: 
     lat = cfg.latency
     run_lut = Path(run_dir) / "lut.json"
     current = current_environment(lat)
+    changed = True
     if lat.lut:
         table = LatencyTable.load(lat.lut)
         table.check_environment(current, lat.allow_foreign_lut)
     elif run_lut.is_file():
         table = LatencyTable.load(run_lut)
         table.check_environment(current, lat.allow_foreign_lut)
+        changed = False
     else:
         table = build_lut(cfg.space, num_classes, lat, progress=progress)
-    ensure_entries(table, space_layout(cfg.space, num_classes, lat.input_size), lat, progress=progress)
+    layout = space_layout(cfg.space, num_classes, lat.input_size)
+    if ensure_entries(table, layout, lat, progress=progress):
+        changed = True
     if calibrate_samples is None:
         calibrate_samples = int(getattr(lat, "calibrate_samples", DEFAULT_CALIBRATION_SAMPLES))
-    foreign = any(table.env.get(k) != v for k, v in current.items()
-                  if k in ("device", "device_name", "threads", "backend", "dtype"))
+    foreign = any(table.env.get(k) != v for k, v in current.items() if k in ENV_FIELDS)
     scope = calibration_scope(cfg.space, num_classes, lat.input_size)
     if calibrate_samples > 0 and not foreign and calibration_for(table, scope) is None:
         calibrate(table, cfg.space, num_classes, lat, samples=calibrate_samples, progress=progress)
-    table.save(run_lut)
+        changed = True
+    if changed:
+        table.save(run_lut)
     return table
 
 

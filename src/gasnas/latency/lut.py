@@ -45,6 +45,12 @@ class LatencyTable:
         return self.entries[key]
 
     @property
+    def input_size(self) -> list[int] | None:
+        """The input size the table was first built for (`env.input_sizes[0]`), if recorded."""
+        sizes = self.env.get("input_sizes") or []
+        return list(sizes[0]) if sizes else None
+
+    @property
     def source(self) -> str:
         return str(self.path) if self.path is not None else "<in-memory latency table>"
 

@@ -2,7 +2,8 @@
 
 Each entry is timed as a small module on batch-1 inputs of its exact shape, with the shared
 timer (latency/timing.py): warm-up, then timed repeats, median. Tiny entries (tens of µs) get
-more repeats, so that every entry is timed over at least `MIN_TIMED_MS` in total. On the
+more repeats, so that every entry is timed over at least `repeats x MS_PER_REPEAT` ms in total
+(at most `MAX_REPEATS` runs). On the
 `onnxruntime` backend each module is exported to ONNX in memory and timed in a session.
 """
 
@@ -20,7 +21,7 @@ from gasnas.latency.keys import Item, space_layout
 from gasnas.latency.lut import LatencyTable
 from gasnas.latency.timing import environment, make_runner, time_callable, torch_threads
 
-MIN_TIMED_MS = 100.0  # total timed milliseconds per entry, at least
+MS_PER_REPEAT = 10.0  # an entry is timed over at least repeats x this many ms in total
 MAX_REPEATS = 200
 
 
@@ -46,7 +47,7 @@ def measure_item(item: Item, lat_cfg: LatencyConfig) -> float:
         probe = time_callable(run, lat_cfg.warmup, 3, lat_cfg.device)
         repeats = lat_cfg.repeats
         if probe.median_ms > 0:
-            repeats = max(repeats, math.ceil(MIN_TIMED_MS / probe.median_ms))
+            repeats = max(repeats, math.ceil(MS_PER_REPEAT * lat_cfg.repeats / probe.median_ms))
         repeats = min(max(repeats, 1), max(MAX_REPEATS, lat_cfg.repeats))
         return time_callable(run, 0, repeats, lat_cfg.device).median_ms
 
@@ -101,7 +102,7 @@ def build_lut(space: SpaceConfig, num_classes: int, lat_cfg: LatencyConfig,
     layout = space_layout(space, num_classes, size)
     quiet = quiet if quiet is not None else Quiet(max_wait_s=0.0, retries=0)
     measure_into(table, layout.items(), lat_cfg, progress=progress, rounds=rounds, quiet=quiet)
-    table.env["measurement"] = {"rounds": rounds, "min_timed_ms": MIN_TIMED_MS, **quiet.summary()}
+    table.env["measurement"] = {"rounds": rounds, "ms_per_repeat": MS_PER_REPEAT, **quiet.summary()}
     sizes = table.env.setdefault("input_sizes", [])
     if size not in sizes:
         sizes.append(size)

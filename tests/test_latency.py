@@ -1,0 +1,395 @@
+"""Latency table, differentiable expected latency, losses, calibration, validate, CLI.
+
+Tiny space at 32x48, one thread, one or two repeats: these check behaviour, never accuracy
+(predictor accuracy is measured by benchmarks/latency_predictor.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gasnas.cli import main
+from gasnas.config import Config, LatencyConfig, SpaceConfig
+from gasnas.errors import GasnasError
+from gasnas.latency import (
+    LatencyEstimator,
+    LatencyTable,
+    adapt_lambda,
+    build_lut,
+    get_or_build_lut,
+    latency_loss,
+    measure_genotype_ms,
+)
+from gasnas.latency.calibrate import calibrate, calibration_scope, fit_calibration
+from gasnas.latency.commands import parse_size
+from gasnas.latency.contention import CpuWatch, Quiet
+from gasnas.latency.keys import OpItem, space_layout
+from gasnas.latency.measure import measure_item
+from gasnas.latency.sampling import genotype_signature, spanning_genotypes
+from gasnas.latency.timing import make_runner
+from gasnas.latency.validate import pearson, spearman
+from gasnas.space.derived import DerivedNet
+from gasnas.space.genotype import CellGene, Genotype, derive_genotype, genotype_weights
+from gasnas.space.network import plan_cells
+from gasnas.space.supernet import Supernet
+
+SPACE = SpaceConfig(stem_channels=[4, 4, 8], stage_channels=[8, 16, 16], cells_per_stage=[1, 1, 1], nodes=2)
+SIZE = [32, 48]
+CLASSES = 3
+LAT = LatencyConfig(input_size=SIZE, threads=1, warmup=0, repeats=1)
+
+
+@pytest.fixture(scope="module")
+def table() -> LatencyTable:
+    return build_lut(SPACE, CLASSES, LAT, progress=False, rounds=1)
+
+
+@pytest.fixture()
+def fresh_table(table: LatencyTable) -> LatencyTable:
+    return LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
+
+
+def one_op_genotype(op: str, space: SpaceConfig = SPACE) -> Genotype:
+    edges = [(0, 0, op), (1, 0, op), (0, 1, op), (2, 1, op)]
+    return Genotype(space, CLASSES, [CellGene(p.reduction, edges) for p in plan_cells(space)])
+
+
+# --------------------------------------------------------------------------- table and keys
+
+
+def test_keys_carry_full_shape_and_match_the_real_network() -> None:
+    layout = space_layout(SPACE, CLASSES, [33, 47])  # odd sizes: ceil division everywhere
+    keys = {it.key for it in layout.items()}
+    assert "conv_3x3_H5_W6_Cin8_Cout8_s1_d1" in keys
+    assert "dil_sep_conv_3x3_r4_H5_W6_Cin16_Cout16_s2_d4" in keys
+    assert "stem_H33_W47_C4-4-8" in keys
+    assert not any(k.startswith("none_") for k in keys)
+    net = DerivedNet(one_op_genotype("sep_conv_3x3")).eval()
+    seen = []
+    for cell in net.cells:
+        cell.register_forward_hook(lambda m, i, o: seen.append((tuple(i[0].shape), tuple(i[1].shape), tuple(o.shape))))
+    with torch.no_grad():
+        net(torch.randn(1, 3, 33, 47))
+    for cl, (s0, s1, out) in zip(layout.cells, seen):
+        sk = cl.skeleton
+        assert (sk.c_pp, sk.h0, sk.w0) == s0[1:] and (sk.c_p, sk.h1, sk.w1) == s1[1:]
+        node_edge = [e for e in cl.edges if e.src >= 2][0]
+        assert (cl.plan.c, node_edge.h, node_edge.w) == out[1:]
+    assert layout.head.feats[-1] == tuple(seen[-1][2][1:])
+
+
+def test_table_has_every_key_and_environment(table: LatencyTable) -> None:
+    layout = space_layout(SPACE, CLASSES, SIZE)
+    assert table.missing([it.key for it in layout.items()]) == []
+    for field in ("device", "device_name", "threads", "backend", "dtype", "torch_version",
+                  "gasnas_version", "date"):
+        assert field in table.env
+    assert table.env["threads"] == 1 and table.input_size == SIZE
+    assert all(v >= 0 for v in table.entries.values())
+
+
+def test_json_round_trip_and_atomic_write(table: LatencyTable, tmp_path: Path, monkeypatch) -> None:
+    path = table.save(tmp_path / "lut.json")
+    back = LatencyTable.load(path)
+    assert back.entries == table.entries and back.env == table.env and back.path == path
+    assert [p.name for p in tmp_path.iterdir()] == ["lut.json"]
+    before = path.read_text()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(json, "dumps", boom)
+    with pytest.raises(RuntimeError):
+        back.save()
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["lut.json"]
+
+
+def test_bad_table_files_are_one_line_errors(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(GasnasError, match="a.json: not valid JSON"):
+        LatencyTable.load(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text(json.dumps({"schema_version": 1, "env": {}, "entries": {"k": -1}}))
+    with pytest.raises(GasnasError, match="entries.k"):
+        LatencyTable.load(tmp_path / "b.json")
+    with pytest.raises(GasnasError, match="not found"):
+        LatencyTable.load(tmp_path / "missing.json")
+
+
+# --------------------------------------------------------------------------- expected latency
+
+
+def test_expected_latency_is_the_table_sum_for_one_hot(table: LatencyTable) -> None:
+    est = LatencyEstimator(SPACE, CLASSES, table, SIZE, LAT, calibrated=False)
+    g = derive_genotype(Supernet(SPACE, CLASSES))
+    layout = est.layout
+    by_hand = sum(table[it.key] for it in layout.fixed_items())
+    for cl, cell in zip(layout.cells, g.cells):
+        for src, dst, op in cell.edges:
+            edge = next(e for e in cl.edges if (e.src, e.node) == (src, dst))
+            by_hand += table[edge.item(op).key]
+    expected = est.expected_ms(genotype_weights(g))
+    assert float(expected) == pytest.approx(by_hand, rel=1e-5)
+    assert est.predict(g) == float(expected)
+
+
+def test_none_costs_nothing(table: LatencyTable) -> None:
+    est = LatencyEstimator(SPACE, CLASSES, table, SIZE, LAT, calibrated=False)
+    none = SPACE.ops.index("none")
+    weights = []
+    for c in est.costs:
+        w = torch.zeros_like(c, dtype=torch.float32)
+        w[:, none] = 1.0
+        weights.append(w)
+    assert float(est.expected_ms(weights)) == pytest.approx(est.raw_fixed_ms, rel=1e-6)
+    assert all(float(c[:, none].abs().sum()) == 0.0 for c in est.costs)
+
+
+def test_gradient_reaches_op_weights_alphas_and_ggm(table: LatencyTable) -> None:
+    est = LatencyEstimator(SPACE, CLASSES, table, SIZE, LAT)
+    weights = [torch.full(c.shape, 1.0 / c.shape[1], requires_grad=True) for c in est.costs]
+    est.expected_ms(weights).backward()
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights)
+    net = Supernet(SPACE, CLASSES)
+    assert net.ggm.mode == "adjacent"
+    est.expected_ms(net.op_weights()).backward()
+    for p in net.arch_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    assert all(a.grad.abs().sum() > 0 for a in net.alphas)
+    assert all(p.grad.abs().sum() > 0 for p in net.ggm.parameters())
+    assert all(p.grad is None for p in net.weight_parameters())
+
+
+def test_calibration_is_affine_and_predict_matches_one_hot(fresh_table: LatencyTable) -> None:
+    raw = LatencyEstimator(SPACE, CLASSES, fresh_table, SIZE, LAT, calibrated=False)
+    scope = calibration_scope(SPACE, CLASSES, SIZE)
+    fresh_table.calibration.append({"model": "stage_affine", "scope": scope,
+                                    "stage_scale": [1.5, 0.5, 2.0], "offset_ms": 0.25, "fitted_on": []})
+    est = LatencyEstimator(SPACE, CLASSES, fresh_table, SIZE, LAT)
+    assert est.calibration is not None
+    for op in ("conv_3x3", "skip_connect", "dil_sep_conv_3x3_r8"):
+        g = one_op_genotype(op)
+        stage_ms = raw.stage_op_ms(g)
+        want = raw.raw_fixed_ms + 0.25 + 1.5 * stage_ms[0] + 0.5 * stage_ms[1] + 2.0 * stage_ms[2]
+        assert est.predict(g) == pytest.approx(want, rel=1e-5)
+        assert est.predict(g) == float(est.expected_ms(genotype_weights(g)))
+    other = dataclasses.replace(SPACE, head_channels=8)  # another skeleton: calibration not used
+    assert LatencyEstimator(other, CLASSES, fresh_table, SIZE, LAT).calibration is None
+
+
+def test_fit_calibration_recovers_an_affine_truth() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(12, 3, generator=gen) * 20).tolist()
+    fixed, true_a, true_c = 10.0, [0.8, 1.3, 1.1], -2.0
+    y = [fixed + true_c + sum(a * v for a, v in zip(true_a, row)) for row in x]
+    scales, offset = fit_calibration(fixed, x, y, ridge=0.0)
+    assert scales == pytest.approx(true_a, abs=1e-6) and offset == pytest.approx(true_c, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- losses and λ
+
+
+@pytest.mark.parametrize("mode", ["linear", "log", "target"])
+def test_loss_modes_value_and_gradient_sign(mode: str) -> None:
+    cfg = LatencyConfig(loss=mode, target_ms=10.0, log_beta=0.6)
+    lam = 0.5
+    for e_val in (5.0, 20.0):
+        e = torch.tensor(e_val, requires_grad=True)
+        out = latency_loss(e, cfg, lam)
+        out.backward()
+        loss = out.detach()
+        if mode == "linear":
+            assert float(loss) == pytest.approx(lam * e_val) and float(e.grad) > 0
+        elif mode == "log":
+            assert float(loss) == pytest.approx(lam * 0.6 * math.log(e_val / 10.0))
+            assert float(e.grad) == pytest.approx(lam * 0.6 / e_val)
+        elif e_val < 10.0:
+            assert float(loss) == 0.0 and float(e.grad) == 0.0
+        else:
+            assert float(loss) == pytest.approx(lam * (e_val / 10.0 - 1.0)) and float(e.grad) > 0
+
+
+def test_target_loss_needs_a_budget() -> None:
+    with pytest.raises(GasnasError, match="target_ms"):
+        latency_loss(torch.tensor(3.0), LatencyConfig(loss="target"), 1.0)
+
+
+def test_adapt_lambda_direction() -> None:
+    assert adapt_lambda(1.0, 12.0, 10.0, 2.0) == 2.0
+    assert adapt_lambda(1.0, 5.0, 10.0, 2.0) == 0.5
+    assert adapt_lambda(1.0, 9.5, 10.0, 2.0) == 1.0  # within the margin below the target
+    assert adapt_lambda(1.0, 50.0, None, 2.0) == 1.0
+
+
+# --------------------------------------------------------------------------- missing / foreign
+
+
+def test_missing_key_measured_on_the_spot_or_refused(fresh_table: LatencyTable) -> None:
+    key = next(k for k in fresh_table.entries if k.startswith("conv_3x3_"))
+    del fresh_table.entries[key]
+    fresh_table.path = Path("some/lut.json")
+    strict = dataclasses.replace(LAT, measure_missing=False)
+    with pytest.raises(GasnasError) as err:
+        LatencyEstimator(SPACE, CLASSES, fresh_table, SIZE, strict)
+    assert key in str(err.value) and "some/lut.json" in str(err.value)
+    assert "\n" not in str(err.value)
+    est = LatencyEstimator(SPACE, CLASSES, fresh_table, SIZE, LAT)
+    assert est.measured_now == [key] and key in fresh_table
+
+
+def test_foreign_table_refused_unless_allowed(fresh_table: LatencyTable) -> None:
+    fresh_table.path = Path("elsewhere/lut.json")
+    fresh_table.env["threads"] = 7
+    with pytest.raises(GasnasError) as err:
+        LatencyEstimator(SPACE, CLASSES, fresh_table, SIZE, LAT)
+    assert "elsewhere/lut.json" in str(err.value) and "threads" in str(err.value)
+    fresh_table.env["threads"] = 1
+    fresh_table.env["device_name"] = "Some Other CPU"
+    with pytest.raises(GasnasError, match="device_name"):
+        LatencyEstimator(SPACE, CLASSES, fresh_table, SIZE, LAT)
+    est = LatencyEstimator(SPACE, CLASSES, fresh_table, SIZE, dataclasses.replace(LAT, allow_foreign_lut=True))
+    assert est.predict(one_op_genotype("conv_3x3")) > 0
+
+
+def test_get_or_build_lut_builds_once_then_reuses(tmp_path: Path, monkeypatch) -> None:
+    cfg = Config(space=SPACE, latency=LAT)
+    table = get_or_build_lut(cfg, tmp_path, CLASSES, progress=False, calibrate_samples=3)
+    assert (tmp_path / "lut.json").is_file()
+    assert len(table.calibration) == 1 and len(table.calibration[0]["fitted_on"]) == 3
+    import gasnas.latency.estimator as estimator_mod
+
+    monkeypatch.setattr(estimator_mod, "build_lut", lambda *a, **k: pytest.fail("rebuilt"))
+    again = get_or_build_lut(cfg, tmp_path, CLASSES, progress=False, calibrate_samples=3)
+    assert again.entries == table.entries and again.calibration == table.calibration
+    # a configured table is used (and checked): a foreign one is refused
+    foreign = LatencyTable.from_dict(table.to_dict())
+    foreign.env["backend"] = "onnxruntime"
+    foreign.save(tmp_path / "foreign.json")
+    cfg2 = Config(space=SPACE, latency=dataclasses.replace(LAT, lut=str(tmp_path / "foreign.json")))
+    with pytest.raises(GasnasError, match="foreign.json.*backend"):
+        get_or_build_lut(cfg2, tmp_path / "run2", CLASSES, progress=False)
+
+
+def test_measure_genotype_ms(table: LatencyTable) -> None:
+    ms = measure_genotype_ms(one_op_genotype("skip_connect"), LAT)
+    assert ms > 0 and math.isfinite(ms)
+
+
+# --------------------------------------------------------------------------- sampling, validate
+
+
+def test_spanning_genotypes_span_and_skip_excluded(table: LatencyTable) -> None:
+    est = LatencyEstimator(SPACE, CLASSES, table, SIZE, LAT, calibrated=False)
+    gs = spanning_genotypes(est, 12, seed=3)
+    assert [genotype_signature(g) for g in gs] == [genotype_signature(g) for g in spanning_genotypes(est, 12, seed=3)]
+    op_ms = [est.predict(g) - est.raw_fixed_ms for g in gs]
+    assert max(op_ms) > 3 * min(op_ms)
+    for g in gs:
+        for cell in g.cells:
+            assert [d for _, d, _ in cell.edges] == [0, 0, 1, 1]
+            assert all(op != "none" for _, _, op in cell.edges)
+    skip = {genotype_signature(gs[0])}
+    assert not skip & {genotype_signature(g) for g in spanning_genotypes(est, 12, seed=3, exclude=skip)}
+
+
+def test_rank_statistics() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 2, 3]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+
+
+def test_calibrate_stores_record(fresh_table: LatencyTable) -> None:
+    rec = calibrate(fresh_table, SPACE, CLASSES, LAT, samples=4, rounds=1, progress=False)
+    assert fresh_table.calibration == [rec]
+    assert len(rec["stage_scale"]) == 3 and len(rec["fitted_on"]) == 4
+    assert all(n["measured_ms"] > 0 for n in rec["fitted_on"])
+    again = calibrate(fresh_table, SPACE, CLASSES, LAT, samples=3, rounds=1, progress=False)
+    assert fresh_table.calibration == [again]  # same scope: replaced
+
+
+# --------------------------------------------------------------------------- timing helpers
+
+
+def test_multi_input_runner_and_onnxruntime_items() -> None:
+    layout = space_layout(SPACE, CLASSES, SIZE)
+    ort_cfg = dataclasses.replace(LAT, backend="onnxruntime")
+    for item in (layout.stem, layout.cells[1].skeleton, layout.head, OpItem("skip_connect", 4, 6, 8, 8, 1),
+                 layout.cells[1].edges[0].item("dil_sep_conv_3x3_r2")):
+        assert measure_item(item, ort_cfg) > 0
+    module, inputs = layout.head.build()
+    out = make_runner(module, SIZE, inputs=inputs, threads=1)()
+    assert tuple(out.shape) == (1, CLASSES, *SIZE)
+
+
+def test_quiet_policy_keeps_lowest_and_counts() -> None:
+    values = iter([5.0, 3.0, 4.0])
+    q = Quiet(threshold=-1.0, max_wait_s=0.0, retries=2)  # every moment "busy": all retries used
+    assert q.measure(lambda: next(values)) == 3.0
+    assert q.summary()["measurements"] == 1
+    with CpuWatch() as w:
+        sum(range(1000))
+    assert w.foreign_cores is None or w.foreign_cores >= 0
+
+
+def test_parse_size() -> None:
+    assert parse_size("360x480") == [360, 480]
+    for bad in ("360", "x480", "0x10", "axb", "1x2x3"):
+        with pytest.raises(GasnasError, match="HxW"):
+            parse_size(bad)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _space_yaml(tmp_path: Path) -> Path:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "data: {num_classes: 3}\n"
+        "space: {stem_channels: [4, 4, 8], stage_channels: [8, 16, 16], cells_per_stage: [1, 1, 1], nodes: 2}\n"
+        "latency: {threads: 1, warmup: 0, repeats: 1}\n")
+    return cfg
+
+
+def test_cli_build_validate_end_to_end(tmp_path: Path, capsys) -> None:
+    cfg = _space_yaml(tmp_path)
+    lut = tmp_path / "lut.json"
+    rc = main(["latency", "build", "--space", str(cfg), "--input", "32x48", "--device", "cpu",
+               "--threads", "1", "--out", str(lut), "--rounds", "1", "--calibrate", "3", "--no-progress"])
+    assert rc == 0 and lut.is_file()
+    data = json.loads(lut.read_text())
+    assert data["env"]["threads"] == 1 and len(data["calibration"]) == 1
+    assert "stem_H32_W48_C4-4-8" in data["entries"]
+    out = tmp_path / "val"
+    rc = main(["latency", "validate", "--lut", str(lut), "--config", str(cfg), "--input", "32x48",
+               "--samples", "5", "--rounds", "2", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    report = json.loads((out / "validate.json").read_text())
+    for key in ("spearman", "pearson", "mape_pct"):
+        assert key in report["metrics"] and key in report["raw_metrics"]
+    assert report["samples"] == 5 and report["calibrated"] is True
+    assert report["noise_floor"]["nets"] == 5 and "slowest_fastest_ratio" in report
+    assert (out / "validate.png").read_bytes()[:4] == b"\x89PNG"
+    assert "spearman" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    cfg = _space_yaml(tmp_path)
+    assert main(["latency", "build", "--config", str(cfg), "--input", "32by48", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--input" in capsys.readouterr().err
+    lut = tmp_path / "lut.json"
+    assert main(["latency", "build", "--config", str(cfg), "--input", "32x48", "--out", str(lut),
+                 "--rounds", "1", "--calibrate", "0", "--no-progress"]) == 0
+    data = json.loads(lut.read_text())
+    data["env"]["device_name"] = "A Different CPU"
+    lut.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["latency", "validate", "--lut", str(lut), "--config", str(cfg), "--input", "32x48",
+                 "--samples", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "device_name" in err and str(lut) in err and err.count("\n") == 1
+    assert main(["latency", "validate", "--lut", str(tmp_path / "nope.json")]) == 2
