@@ -394,10 +394,10 @@ class Scene:
         b, zc, y, ok = p
         hf = rng.uniform(1.0, 2.0)
         zr = zc[0] - z0
-        kind = rng.choice(3, p=[0.3, 0.4, 0.3])
+        kind = rng.choice(3, p=[0.2, 0.35, 0.45])
         if kind == 0:  # posts and rails
             post = rng.uniform(1.8, 2.6)
-            pat = ((zr % post) < 0.12) | (np.abs(y - hf * 0.45) < 0.05) | (np.abs(y - hf * 0.9) < 0.05)
+            pat = ((zr % post) < 0.12) | (np.abs(y - hf * 0.45) < 0.08) | (np.abs(y - hf * 0.9) < 0.08)
         elif kind == 1:  # palisade
             bar = rng.uniform(0.12, 0.25)
             pat = ((zr % bar) < bar * 0.45) | (np.abs(y - hf * 0.85) < 0.05)
@@ -447,11 +447,12 @@ class Scene:
         rect(cv, cam.u(x - 0.25, z), cam.u(x + 0.25, z), cam.v(0.55, z), cam.v(0.43, z), _col(rng, (225, 215, 120) if rng.random() < 0.5 else (230, 230, 230), 8), CAR, z - 0.01)
         rect(cv, u0, u1, cam.v(0.3, z), cam.v(0.2, z), dark, CAR, z - 0.01)
 
-    def person(self, x: float, z: float, height: float, cls: int = PEDESTRIAN, feet: bool = True) -> None:
+    def person(self, x: float, z: float, height: float, cls: int = PEDESTRIAN, feet: bool = True,
+               top: np.ndarray | None = None) -> None:
         cv, rng, cam = self.cv, self.rng, self.cam
         h = height
         skin = _col(rng, _pick(rng, SKIN), 8)
-        top = _col(rng, _pick(rng, CLOTHES), 20)
+        top = _col(rng, _pick(rng, CLOTHES), 20) if top is None else top
         legs = _col(rng, _pick(rng, CLOTHES), 20)
 
         def P(dx: float, y: float) -> tuple[float, float]:
@@ -482,15 +483,17 @@ class Scene:
         s = cam.f / z
         dark = _col(rng, (30, 30, 32), 6)
         frame = _col(rng, _pick(rng, CLOTHES + [(200, 30, 30), (220, 220, 220)]), 15)
+        hi_vis = [(205, 225, 45), (240, 125, 30)]  # many cyclists wear a bright jacket
+        top = _col(rng, _pick(rng, hi_vis if rng.random() < 0.6 else CLOTHES), 20)
 
         def P(dx: float, y: float) -> tuple[float, float]:
             return cam.p(x + dx, y, z)
 
         if rng.random() < 0.3:  # seen from behind
             cu, cvv = P(0, 0.34)
-            ellipses(cv, [(cu, cvv, max(0.035 * s, 0.6), 0.34 * s)], dark, BICYCLIST, z + 0.05)
+            ellipses(cv, [(cu, cvv, max(0.05 * s, 0.8), 0.34 * s)], dark, BICYCLIST, z + 0.05)
             segment(cv, P(-0.3, 1.05), P(0.3, 1.05), 0.04 * s, dark, BICYCLIST, z + 0.04)
-            self.person(x, z, rng.uniform(1.55, 1.8), cls=BICYCLIST, feet=False)
+            self.person(x, z, rng.uniform(1.55, 1.8), cls=BICYCLIST, feet=False, top=top)
             legs = _col(rng, _pick(rng, CLOTHES), 20)
             for side in (-1, 1):
                 segment(cv, P(side * 0.1, 0.85), P(side * 0.13, rng.uniform(0.2, 0.55)), 0.11 * s, legs, BICYCLIST, z - 0.005)
@@ -502,11 +505,10 @@ class Scene:
             b = cv.box(cu - r, cu + r, cvv - r, cvv + r)
             if b is not None:
                 q = ((b[3] - cu) ** 2 + (b[2] - cvv) ** 2) / max(r, 0.5) ** 2
-                cv.paint(b, (q <= 1.0) & (q >= 0.72), dark, BICYCLIST, z + 0.05)
+                cv.paint(b, (q <= 1.0) & (q >= 0.5), dark, BICYCLIST, z + 0.05)
         pts = {"rh": (-0.52 * d, 0.34), "fh": (0.52 * d, 0.34), "bb": (0.0, 0.3), "seat": (-0.18 * d, 0.95), "head": (0.42 * d, 0.95)}
         for a, bb in (("rh", "bb"), ("rh", "seat"), ("seat", "bb"), ("bb", "head"), ("seat", "head"), ("head", "fh")):
             segment(cv, P(*pts[a]), P(*pts[bb]), 0.045 * s, frame, BICYCLIST, z + 0.03)
-        top = _col(rng, _pick(rng, CLOTHES), 20)
         legs = _col(rng, _pick(rng, CLOTHES), 20)
         skin = _col(rng, _pick(rng, SKIN), 8)
         segment(cv, P(-0.15 * d, 1.0), P(0.05 * d, 0.35), 0.12 * s, legs, BICYCLIST, z)
