@@ -9,13 +9,13 @@ same drift and the same contention hit it), i.e. how close to the limit the net 
 
     python benchmarks/bench_peers.py [GENOTYPE.json] [--sizes 360x480,1024x2048]
         [--runs 10] [--warmup 2] [--large-runs 3] [--large-warmup 1] [--threads N]
-        [--out runs/bench_peers] [--lock /tmp/gasnas-cpu.lock] [--quiet 0.1] [--max-wait 600]
+        [--out runs/bench_peers] [--lock /tmp/gasnas-cpu.lock] [--quiet 0.1] [--max-wait 120]
 
 Without a genotype, one is derived from an untrained default-space supernet (seed 0): a stand-in
 of the right size, not a searched architecture; the script says so. `--lock` takes that file's
-exclusive flock around each measurement block only (so no single hold gets long). Before each
-block the script waits (up to --max-wait s) until other processes use less than --quiet of the
-CPU, and it records how much CPU they used during every block: a lock only keeps out those who
+exclusive flock around each measurement block only (so no single hold gets long). Holding it, the
+script waits (up to --max-wait s) until other processes use less than --quiet of the CPU before
+each block, and it records how much CPU they used during every block: a lock only keeps out those who
 take it, and on a 2-core machine one foreign busy thread can slow torch's OpenMP several-fold.
 """
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lock", default=None, help="flock this file exclusively around each block")
     ap.add_argument("--quiet", type=float, default=0.1,
                     help="before each block wait until other processes use less than this CPU fraction")
-    ap.add_argument("--max-wait", type=float, default=600, help="...but at most this many seconds")
+    ap.add_argument("--max-wait", type=float, default=120, help="...but at most this many seconds")
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -179,9 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         blocks = []
         for backend in backends:
             t0 = time.perf_counter()
-            wait_quiet(args.quiet, args.max_wait)  # outside the lock: keep out of others' way
-            with exclusive(args.lock):
-                before = wait_quiet(args.quiet, 60)
+            with exclusive(args.lock):  # keeps out those who take the lock; then wait out the rest
+                before = wait_quiet(args.quiet, args.max_wait)
                 with ForeignLoad() as load:
                     block = run_bench(models, size, [backend], "cpu", "fp32", threads, warmup, runs,
                                       progress=True, extras={"matmul": matmul_runner(args.peak_n)})

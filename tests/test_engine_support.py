@@ -114,15 +114,3 @@ def subprocess_env() -> dict[str, str]:
 
 PYTHON = sys.executable
 
-
-def _latency_exports_fallback() -> None:  # TEMPORARY until gasnas.latency exports its API
-    import gasnas.latency as lat
-
-    if not hasattr(lat, "get_or_build_lut"):
-        from gasnas.latency import estimator
-
-        for n in ("get_or_build_lut", "LatencyEstimator", "latency_loss", "adapt_lambda", "measure_genotype_ms"):
-            setattr(lat, n, getattr(estimator, n))
-
-
-_latency_exports_fallback()

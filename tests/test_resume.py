@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine_support import PYTHON, data_root, shared_lut, single_thread, subprocess_env, tiny_config  # noqa: F401
+from test_engine_support import (  # noqa: F401
+    PYTHON,
+    data_root,
+    shared_lut,
+    single_thread,
+    subprocess_env,
+    tiny_config,
+)
 
 from gasnas.engine.checkpoint import load as load_ckpt
 from gasnas.engine.search import run_search

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gasnas.data.classes import colorize  # noqa: E402
 from gasnas.fileio import atomic_write  # noqa: E402
 
 
@@ -113,16 +114,6 @@ def plot_genotype(genotype: Any, path: str | Path) -> Path:
         ax.axis("off")
     fig.tight_layout()
     return _save(fig, path)
-
-
-def colorize(label: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """Class-index map → RGB (ignored pixels black)."""
-    palette = np.asarray(palette, dtype=np.uint8)
-    lab = np.asarray(label).astype(np.int64)
-    valid = (lab >= 0) & (lab < len(palette)) & (lab != ignore_index)
-    out = np.zeros((*lab.shape, 3), dtype=np.uint8)
-    out[valid] = palette[lab[valid]]
-    return out
 
 
 def plot_predictions(images: list[np.ndarray], labels: list[np.ndarray], preds: list[np.ndarray],

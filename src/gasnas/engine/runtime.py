@@ -100,7 +100,8 @@ class StopSignal:
     checkpoint at the next step boundary and stops); a second SIGINT interrupts at once.
     Outside the main thread it does nothing (signals can only be handled there)."""
 
-    def __init__(self) -> None:
+    def __init__(self, verbose: bool = True) -> None:
+        self.verbose = verbose
         self.requested = False
         self.signum = signal.SIGINT
         self._old: dict[int, Any] = {}
@@ -109,8 +110,9 @@ class StopSignal:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested, self.signum = True, signum
-        print(f"\ngasnas: {signal.Signals(signum).name} received: saving a checkpoint at the next "
-              "step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        if self.verbose:
+            print(f"\ngasnas: {signal.Signals(signum).name} received: saving a checkpoint at the next "
+                  "step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():

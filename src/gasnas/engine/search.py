@@ -37,7 +37,7 @@ from gasnas.engine import checkpoint as ckpt_io
 from gasnas.engine import distributed as D
 from gasnas.engine.architect import Architect, frozen
 from gasnas.engine.evaluate import evaluate
-from gasnas.engine.losses import CrossEntropy
+from gasnas.engine.losses import build_criterion
 from gasnas.engine.runtime import (
     MetricsLog,
     RunInterrupted,
@@ -136,13 +136,27 @@ class SearchRun:
         self.a_loader = batch_loader(self.train_ds, self.a_batches, cfg.data.workers, pin)
         self.val_loader = eval_loader(self.val_ds, self.info.rank, self.info.world, cfg.data.workers)
 
-        # ---- latency table (rank 0 measures; the others read what it saved)
+        # ---- latency table: rank 0 builds or loads it and sends it to the others (no shared
+        # filesystem needed; a failure on rank 0 becomes the same error on every rank)
+        lat_cfg = cfg.latency
         if self.main:
-            lut = get_or_build_lut(cfg, run_dir, self.num_classes, progress=self.show)
-        D.barrier(self.info)
+            try:
+                lut = get_or_build_lut(cfg, run_dir, self.num_classes, progress=self.show)
+                shared = ("ok", lut.to_dict())
+            except GasnasError as exc:
+                D.broadcast_object(("error", str(exc)), self.info)
+                raise
+        else:
+            shared = None
+        shared = D.broadcast_object(shared, self.info)
+        if shared[0] == "error":
+            raise GasnasError(shared[1])
         if not self.main:
-            lut = get_or_build_lut(cfg, run_dir, self.num_classes, progress=False)
-        self.estimator = LatencyEstimator(cfg.space, self.num_classes, lut, cfg.latency.input_size, cfg.latency)
+            from gasnas.latency import LatencyTable
+
+            lut = LatencyTable.from_dict(shared[1], run_dir / "lut.json")
+            lat_cfg = replace(cfg.latency, allow_foreign_lut=True)  # rank 0 has checked it
+        self.estimator = LatencyEstimator(cfg.space, self.num_classes, lut, cfg.latency.input_size, lat_cfg)
 
         # ---- supernet, optimizers
         torch.manual_seed(cfg.seed)
@@ -155,7 +169,9 @@ class SearchRun:
                     m.fused = False
             D.sync_batchnorm(self.supernet)
             D.broadcast_module(self.supernet, self.info)
-        self.criterion = CrossEntropy(cfg.data.ignore_index)
+        # Search loss: cross-entropy; OHEM (train.ohem_thresh / ohem_min_kept) if `search.ohem`.
+        self.criterion = build_criterion(cfg.data.ignore_index, bool(getattr(sc, "ohem", False)),
+                                         cfg.train.ohem_thresh, cfg.train.ohem_min_kept)
         self.w_optimizer = torch.optim.SGD(self.supernet.weight_parameters(), lr=sc.w_lr,
                                            momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
         self.architect = Architect(self.supernet, self.estimator, self.criterion, sc, cfg.latency, self.info)
@@ -216,7 +232,7 @@ class SearchRun:
 
     def run(self) -> Path:
         sc = self.cfg.search
-        with StopSignal() as stop:
+        with StopSignal(verbose=self.main) as stop:
             while self.epoch < sc.epochs:
                 self._train_epoch(stop)
                 self._end_epoch()

@@ -195,7 +195,7 @@ class TrainRun:
 
     def run(self) -> Path:
         tc = self.cfg.train
-        with StopSignal() as stop:
+        with StopSignal(verbose=self.main) as stop:
             while self.epoch < tc.epochs:
                 self._train_epoch(stop)
                 self._end_epoch()

@@ -26,7 +26,7 @@ from gasnas.config import LatencyConfig, SpaceConfig
 from gasnas.latency.contention import Quiet
 from gasnas.latency.lut import LatencyTable
 
-RIDGE = 1e-3  # pull of each stage scale toward 1, relative to one net's squared relative error
+RIDGE = 1e-2  # pull of each stage scale toward 1, relative to one net's squared relative error
 CALIBRATION_SEED = 1000  # validation uses other seeds and skips the nets fitted on
 
 
@@ -89,32 +89,44 @@ def calibrate(table: LatencyTable, space: SpaceConfig, num_classes: int, lat_cfg
     genotypes = spanning_genotypes(est, samples, seed)
     per, contention = measure_genotypes(genotypes, run_cfg, rounds, seed, progress,
                                         desc="calibrating on derived nets", quiet=quiet)
+    record = calibration_record(est, genotypes, per, seed=seed, contention=contention)
+    store_calibration(table, record)
+    return record
+
+
+def calibration_record(est: Any, genotypes: list[Any], per: list[list[float]], seed: int,
+                       contention: dict[str, Any] | None = None, ridge: float = RIDGE) -> dict[str, Any]:
+    """Fit the correction for `est` (an uncalibrated LatencyEstimator) on measured genotypes
+    (`per`: each genotype's per-pass medians; the lowest counts) and describe it."""
     measured = [min(r) for r in per]
     stage_ms = [est.stage_op_ms(g) for g in genotypes]
-    scales, offset = fit_calibration(est.raw_fixed_ms, stage_ms, measured)
+    scales, offset = fit_calibration(est.raw_fixed_ms, stage_ms, measured, ridge)
     raw = [est.raw_fixed_ms + sum(x) for x in stage_ms]
     fitted = [est.raw_fixed_ms + offset + sum(a * v for a, v in zip(scales, x)) for x in stage_ms]
-    scope = calibration_scope(space, num_classes, size)
-    record = {
+    return {
         "model": "stage_affine",
-        "scope": scope,
+        "scope": calibration_scope(est.space, est.num_classes, est.input_size),
         "stage_scale": scales,
         "offset_ms": offset,
         "fixed_ms": est.raw_fixed_ms,
+        "ridge": ridge,
         "seed": seed,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "rounds": rounds,
+        "rounds": max(len(r) for r in per) if per else 0,
         "contention": contention,
         "fit_mape_pct": _mape(fitted, measured),
         "raw_mape_pct": _mape(raw, measured),
         "fitted_on": [
             {"cells": [[list(e) for e in c.edges] for c in g.cells], "measured_ms": m,
-             "raw_predicted_ms": r, "fitted_ms": f}
-            for g, m, r, f in zip(genotypes, measured, raw, fitted)
+             "passes_ms": r, "raw_predicted_ms": w, "fitted_ms": f}
+            for g, m, r, w, f in zip(genotypes, measured, per, raw, fitted)
         ],
     }
-    table.calibration = [c for c in table.calibration if c.get("scope") != scope] + [record]
-    return record
+
+
+def store_calibration(table: LatencyTable, record: dict[str, Any]) -> None:
+    """Add `record` to the table, replacing one with the same scope."""
+    table.calibration = [c for c in table.calibration if c.get("scope") != record["scope"]] + [record]
 
 
 def _mape(pred: list[float], meas: list[float]) -> float:

@@ -75,6 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--seed", type=int, default=0, help="sampling seed (calibration uses 1000)")
     v.add_argument("--out", default=None, metavar="DIR",
                    help="where validate.json and validate.png go (default: next to the LUT)")
+    v.add_argument("--recalibrate", type=int, default=0, metavar="N",
+                   help="first refit the LUT's calibration on N other nets, measured in the same "
+                        "passes as the validation nets, and save it into the LUT (default 0: use "
+                        "the stored calibration)")
     v.set_defaults(func=_validate)
 
 
@@ -115,7 +119,8 @@ def _quiet(args: argparse.Namespace, threads: int | None):
     from gasnas.latency.contention import Quiet, busy_threshold
 
     if args.wait_quiet > 0:
-        return Quiet(threshold=busy_threshold(threads), max_wait_s=args.wait_quiet, retries=3)
+        return Quiet(threshold=busy_threshold(threads), max_wait_s=args.wait_quiet, retries=3,
+                     total_wait_s=10 * args.wait_quiet)
     return Quiet(threshold=busy_threshold(threads), max_wait_s=0.0, retries=0)
 
 
@@ -202,7 +207,10 @@ def _validate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else lut_path.with_name(lut_path.stem + "_validate")
     quiet = _quiet(args, lat.threads)
     report = validate(table, cfg.space, num_classes, lat, samples=args.samples, seed=args.seed,
-                      rounds=args.rounds, out_dir=out, progress=args.progress, quiet=quiet)
+                      rounds=args.rounds, out_dir=out, progress=args.progress, quiet=quiet,
+                      calibrate_samples=args.recalibrate)
+    if args.recalibrate > 0:
+        table.save()
     m, raw, nf = report["metrics"], report["raw_metrics"], report["noise_floor"]
     label = "calibrated" if report["calibrated"] else "uncalibrated"
     print(f"{report['samples']} derived nets, {report['measured_range_ms'][0]:.1f}-"

@@ -62,7 +62,7 @@ def busy_threshold(threads: int | None) -> float:
     whatever leaves fewer cores free than we use, less a margin (at least 0.2)."""
     cores = os.cpu_count() or 1
     used = threads if threads is not None else cores
-    return max(0.2, cores - used - 0.8)
+    return max(0.2, cores - used - 0.2)
 
 
 @dataclass
@@ -72,12 +72,14 @@ class Quiet:
     threshold: other processes' average cores above which a moment counts as busy.
     max_wait_s: longest wait for a quiet moment before measuring anyway (0: never wait).
     retries: how often a disturbed measurement is redone (the lowest result is kept).
+    total_wait_s: all waits together stop here (a machine that is never quiet still finishes).
     """
 
     threshold: float = 0.2
     max_wait_s: float = 30.0
     retries: int = 2
     window_s: float = 0.5
+    total_wait_s: float = 600.0
     # Accumulated over this policy's measurements: counts and the other processes' load.
     measured: int = 0
     disturbed: int = 0
@@ -87,7 +89,7 @@ class Quiet:
 
     def wait(self) -> float | None:
         """Sleep until others use less than `threshold` cores over a window, or `max_wait_s`."""
-        if self.max_wait_s <= 0:
+        if self.max_wait_s <= 0 or self.waited_s >= self.total_wait_s:
             return None
         t0 = time.perf_counter()
         load = None
@@ -95,8 +97,10 @@ class Quiet:
             with CpuWatch() as w:
                 time.sleep(self.window_s)
             load = w.foreign_cores
-            if load is None or load < self.threshold or time.perf_counter() - t0 >= self.max_wait_s:
-                self.waited_s += time.perf_counter() - t0 - self.window_s
+            spent = time.perf_counter() - t0
+            if (load is None or load < self.threshold or spent >= self.max_wait_s
+                    or self.waited_s + spent >= self.total_wait_s):
+                self.waited_s += spent
                 return load
 
     def measure(self, fn: Callable[[], float]) -> float:

@@ -119,29 +119,49 @@ def noise_floor(per: list[list[float]]) -> dict[str, float] | None:
 def validate(table: LatencyTable, space: SpaceConfig, num_classes: int, lat_cfg: LatencyConfig,
              samples: int = 50, seed: int = VALIDATION_SEED, rounds: int = 2,
              input_size: list[int] | tuple[int, int] | None = None, out_dir: str | Path | None = None,
-             progress: bool = True, quiet: Quiet | None = None) -> dict[str, Any]:
-    """Sample, measure, compare; write `validate.json` and `validate.png` to `out_dir`."""
+             progress: bool = True, quiet: Quiet | None = None,
+             calibrate_samples: int = 0) -> dict[str, Any]:
+    """Sample, measure, compare; write `validate.json` and `validate.png` to `out_dir`.
+
+    With `calibrate_samples` > 0 the calibration is (re)fitted first, on that many *other*
+    sampled nets measured in the same passes as the validation nets (so slow drift of the
+    machine between calibrating and validating does not count as predictor error); the new
+    calibration is stored in `table` (the caller saves it).
+    """
+    from gasnas.latency.calibrate import CALIBRATION_SEED, calibration_record, store_calibration
     from gasnas.latency.estimator import LatencyEstimator
     from gasnas.latency.sampling import genotype_signature, spanning_genotypes
 
     t0 = time.perf_counter()
     size = [int(v) for v in (input_size if input_size is not None else lat_cfg.input_size)]
     run_cfg = dataclasses.replace(lat_cfg, input_size=size)
-    est = LatencyEstimator(space, num_classes, table, size, run_cfg)
     raw_est = LatencyEstimator(space, num_classes, table, size, run_cfg, calibrated=False)
-    fitted_on = set()
-    if est.calibration is not None:
+    fit_genotypes = (spanning_genotypes(raw_est, calibrate_samples, CALIBRATION_SEED)
+                     if calibrate_samples > 0 else [])
+    est = None if fit_genotypes else LatencyEstimator(space, num_classes, table, size, run_cfg)
+    if fit_genotypes:
+        fitted_on = {genotype_signature(g) for g in fit_genotypes}
+    elif est is not None and est.calibration is not None:
         fitted_on = {_signature_of_cells(r["cells"]) for r in est.calibration.get("fitted_on", [])}
-    genotypes = spanning_genotypes(est, samples, seed, exclude=fitted_on)
+    else:
+        fitted_on = set()
+    genotypes = spanning_genotypes(raw_est, samples, seed, exclude=fitted_on)
     assert not fitted_on & {genotype_signature(g) for g in genotypes}
-    per, contention = measure_genotypes(genotypes, run_cfg, rounds, seed, progress, quiet=quiet)
+    per_all, contention = measure_genotypes(fit_genotypes + genotypes, run_cfg, rounds, seed,
+                                            progress, quiet=quiet)
+    per_fit, per = per_all[:len(fit_genotypes)], per_all[len(fit_genotypes):]
+    if fit_genotypes:
+        store_calibration(table, calibration_record(raw_est, fit_genotypes, per_fit,
+                                                    seed=CALIBRATION_SEED, contention=contention))
+        est = LatencyEstimator(space, num_classes, table, size, run_cfg)
+    assert est is not None
     measured = [min(r) for r in per]
     predicted = [est.predict(g) for g in genotypes]
     raw = [raw_est.predict(g) for g in genotypes]
     report: dict[str, Any] = {
         "lut": table.source,
         "env": {k: table.env.get(k) for k in ("device", "device_name", "threads", "backend", "dtype",
-                                              "torch_version", "gasnas_version", "date")},
+                                              "allocator", "torch_version", "gasnas_version", "date")},
         "input_size": size,
         "num_classes": num_classes,
         "space": dataclasses.asdict(space),
@@ -149,8 +169,10 @@ def validate(table: LatencyTable, space: SpaceConfig, num_classes: int, lat_cfg:
         "seed": seed,
         "rounds": rounds,
         "calibrated": est.calibration is not None,
-        "calibration": ({k: est.calibration[k] for k in ("stage_scale", "offset_ms", "seed", "date")}
-                        | {"fitted_on": len(est.calibration.get("fitted_on", []))})
+        "calibration": ({k: est.calibration.get(k) for k in ("stage_scale", "offset_ms", "seed", "date",
+                                                             "fit_mape_pct", "raw_mape_pct")}
+                        | {"fitted_on": len(est.calibration.get("fitted_on", [])),
+                           "fitted_in_this_session": bool(fit_genotypes)})
         if est.calibration is not None else None,
         "metrics": accuracy(predicted, measured),
         "raw_metrics": accuracy(raw, measured),
