@@ -61,14 +61,16 @@ def searched(tmp_path_factory):
         events.append(("a", _changed(ba, a), _changed(bw, w)))
         return out
 
-    threads = torch.get_num_threads()
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(search_mod, "weight_step", spy_weight_step)
-        mp.setattr(Architect, "step", spy_arch_step)
-        path = run_search(cfg, show_progress=False)
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(False)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(search_mod, "weight_step", spy_weight_step)
+            mp.setattr(Architect, "step", spy_arch_step)
+            path = run_search(cfg, show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
     return SimpleNamespace(cfg=cfg, path=path, run_dir=cfg.run_dir, events=events)
 
 

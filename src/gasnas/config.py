@@ -119,6 +119,7 @@ class SearchConfig:
     a_weight_decay: float = 1e-3
     measure_derived: bool = True
     max_steps_per_epoch: int | None = None
+    ohem: bool = False  # OHEM cross-entropy in the search loss (uses train.ohem_thresh / ohem_min_kept)
 
 
 @dataclass

@@ -98,13 +98,38 @@ def _mean(total: float, n: int) -> float | None:
     return total / n if n else None
 
 
+def shared_lut(cfg: Config, run_dir: Path, num_classes: int, info: D.DistInfo,
+               show_progress: bool) -> tuple[Any, Any]:
+    """(latency table, the LatencyConfig to check it with). Rank 0 builds or loads the table
+    (`get_or_build_lut`, saved as run_dir/lut.json) and sends it to the other ranks, so no
+    shared filesystem is needed; an error on rank 0 is raised on every rank."""
+    from gasnas.latency import LatencyTable, get_or_build_lut
+
+    shared = None
+    if info.main:
+        try:
+            shared = ("ok", get_or_build_lut(cfg, run_dir, num_classes, progress=show_progress))
+        except GasnasError as exc:
+            D.broadcast_object(("error", str(exc)), info)
+            raise
+    if not info.enabled:
+        return shared[1], cfg.latency
+    received = D.broadcast_object(("ok", shared[1].to_dict()) if info.main else None, info)
+    if received[0] == "error":
+        raise GasnasError(received[1])
+    if info.main:
+        return shared[1], cfg.latency
+    table = LatencyTable.from_dict(received[1], run_dir / "lut.json")
+    return table, replace(cfg.latency, allow_foreign_lut=True)  # rank 0 has checked it
+
+
 class SearchRun:
     """State and loop of one search run (use `run_search`)."""
 
     def __init__(self, cfg: Config, rt: Runtime, run_dir: Path, resume: dict[str, Any] | None,
                  ckpt_every_steps: int = 0, show_progress: bool = True) -> None:
         from gasnas.data import build_dataset, class_names
-        from gasnas.latency import LatencyEstimator, get_or_build_lut
+        from gasnas.latency import LatencyEstimator
         from gasnas.space.supernet import Supernet
 
         self.cfg, self.rt, self.run_dir = cfg, rt, run_dir
@@ -136,26 +161,8 @@ class SearchRun:
         self.a_loader = batch_loader(self.train_ds, self.a_batches, cfg.data.workers, pin)
         self.val_loader = eval_loader(self.val_ds, self.info.rank, self.info.world, cfg.data.workers)
 
-        # ---- latency table: rank 0 builds or loads it and sends it to the others (no shared
-        # filesystem needed; a failure on rank 0 becomes the same error on every rank)
-        lat_cfg = cfg.latency
-        if self.main:
-            try:
-                lut = get_or_build_lut(cfg, run_dir, self.num_classes, progress=self.show)
-                shared = ("ok", lut.to_dict())
-            except GasnasError as exc:
-                D.broadcast_object(("error", str(exc)), self.info)
-                raise
-        else:
-            shared = None
-        shared = D.broadcast_object(shared, self.info)
-        if shared[0] == "error":
-            raise GasnasError(shared[1])
-        if not self.main:
-            from gasnas.latency import LatencyTable
-
-            lut = LatencyTable.from_dict(shared[1], run_dir / "lut.json")
-            lat_cfg = replace(cfg.latency, allow_foreign_lut=True)  # rank 0 has checked it
+        # ---- latency table (rank 0 builds or loads it; lut.json in the run folder)
+        lut, lat_cfg = shared_lut(cfg, run_dir, self.num_classes, self.info, self.show)
         self.estimator = LatencyEstimator(cfg.space, self.num_classes, lut, cfg.latency.input_size, lat_cfg)
 
         # ---- supernet, optimizers
