@@ -23,6 +23,10 @@ def test_demo_quick_writes_report(tmp_path, capsys) -> None:
     assert (run / "predictions.png").stat().st_size > 1000
     assert (run / "genotype.json").is_file()
     assert "report:" in capsys.readouterr().out
+    # A second run continues the finished one instead of refusing or starting over.
+    assert main(["demo", "--quick", "--out-dir", str(tmp_path), "--no-progress", "--no-peers"]) == 0
+    assert "continuing the earlier demo run" in capsys.readouterr().out
+    assert json.loads((run / "demo.json").read_text())["genotype"] == summary["genotype"]
 
 
 def test_demo_bad_override_is_one_line(capsys) -> None:

@@ -120,6 +120,9 @@ class SearchConfig:
     measure_derived: bool = True
     max_steps_per_epoch: int | None = None
     ohem: bool = False  # OHEM cross-entropy in the search loss (uses train.ohem_thresh / ohem_min_kept)
+    # Search may see smaller images than training (e.g. half resolution); None = the data.* value.
+    crop_size: list[int] | None = None
+    eval_size: list[int] | None = None
 
 
 @dataclass
@@ -161,6 +164,7 @@ class Config:
     out_dir: str = "runs"
     seed: int = 0
     device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads for search/train/eval (None: torch's default)
     deterministic: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
@@ -354,8 +358,10 @@ def validate(cfg: Config) -> None:
     pair("data.synth_size", cfg.data.synth_size)
     pair("latency.input_size", cfg.latency.input_size)
     pair("bench.input_size", cfg.bench.input_size)
-    if cfg.data.eval_size is not None:
-        pair("data.eval_size", cfg.data.eval_size)
+    for key, value in (("data.eval_size", cfg.data.eval_size), ("search.crop_size", cfg.search.crop_size),
+                       ("search.eval_size", cfg.search.eval_size)):
+        if value is not None:
+            pair(key, value)
     lo, hi = (cfg.data.scale_range + [0, 0])[:2]
     if len(cfg.data.scale_range) != 2 or not 0 < lo <= hi:
         raise GasnasError(f"config key 'data.scale_range': expected [min, max], got {cfg.data.scale_range}")
@@ -381,6 +387,12 @@ def validate(cfg: Config) -> None:
 
 def replace(cfg: Any, **changes: Any) -> Any:
     return dataclasses.replace(cfg, **changes)
+
+
+def search_data_config(cfg: Config) -> DataConfig:
+    """The data section as the search sees it (search.crop_size / eval_size applied)."""
+    return dataclasses.replace(cfg.data, crop_size=cfg.search.crop_size or cfg.data.crop_size,
+                               eval_size=cfg.search.eval_size or cfg.data.eval_size)
 
 
 def parse_size(text: str, name: str = "--input") -> list[int]:

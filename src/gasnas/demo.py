@@ -51,7 +51,9 @@ def run_demo(cfg: Config, with_peers: bool = True, show_progress: bool = True) -
     from gasnas.deploy.bench import BenchModel, markdown_table, run_bench
     from gasnas.deploy.models import build_peer
     from gasnas.engine.evaluate import evaluate
+    from gasnas.engine.search import CHECKPOINT as SEARCH_CKPT
     from gasnas.engine.search import run_search
+    from gasnas.engine.train import LAST as TRAIN_LAST
     from gasnas.engine.train import run_train
     from gasnas.fileio import write_json_atomic, write_text_atomic
     from gasnas.latency import measure_genotype_ms
@@ -76,13 +78,20 @@ def run_demo(cfg: Config, with_peers: bool = True, show_progress: bool = True) -
     print(f"synthetic street scenes at {root}")
     done("data")
 
+    # A demo run that was interrupted (or finished) continues instead of starting over.
+    search_resume = run_dir if (run_dir / SEARCH_CKPT).is_file() else None
+    train_dir = run_dir / "train"
+    train_resume = train_dir if (train_dir / TRAIN_LAST).is_file() else None
+    if search_resume or train_resume:
+        print(f"continuing the earlier demo run in {run_dir} (use --set name=NEW to start afresh)")
+
     stage("search")
-    genotype_path = Path(run_search(cfg, show_progress=show_progress))
+    genotype_path = Path(run_search(cfg, search_resume, show_progress=show_progress))
     genotype = Genotype.load(genotype_path)
     done("search")
 
     stage("train")
-    best = Path(run_train(cfg, genotype_path, show_progress=show_progress))
+    best = Path(run_train(cfg, genotype_path, train_resume, show_progress=show_progress))
     done("train")
 
     stage("eval")

@@ -74,6 +74,8 @@ def setup(cfg: Any) -> Runtime:
     if wanted == "cuda" and not torch.cuda.is_available():
         raise GasnasError(f"device '{cfg.device}' requested but CUDA is not available (use --set device=cpu)")
     info = D.init_distributed(wanted)
+    if getattr(cfg, "threads", None):
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device, info.local_rank)
     seed_everything(cfg.seed)
     configure_determinism(cfg.deterministic)

@@ -128,6 +128,7 @@ class SearchRun:
 
     def __init__(self, cfg: Config, rt: Runtime, run_dir: Path, resume: dict[str, Any] | None,
                  ckpt_every_steps: int = 0, show_progress: bool = True) -> None:
+        from gasnas.config import search_data_config
         from gasnas.data import build_dataset, class_names
         from gasnas.latency import LatencyEstimator
         from gasnas.space.supernet import Supernet
@@ -141,8 +142,9 @@ class SearchRun:
 
         # ---- data: 50/50 split of the training images, val split for the supernet mIoU
         sc = cfg.search
-        self.train_ds = build_dataset(cfg.data, cfg.data.train_split, train=True)
-        self.val_ds = build_dataset(cfg.data, cfg.data.val_split, train=False)
+        data_cfg = search_data_config(cfg)  # search.crop_size / eval_size may be smaller
+        self.train_ds = build_dataset(data_cfg, cfg.data.train_split, train=True)
+        self.val_ds = build_dataset(data_cfg, cfg.data.val_split, train=False)
         self.class_names = list(class_names(cfg.data))
         self.num_classes = cfg.data.num_classes
         w_idx, a_idx = split_indices(len(self.train_ds), cfg.seed)
