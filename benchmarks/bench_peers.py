@@ -4,8 +4,9 @@ Runtime, at 360x480 (CamVid) and 1024x2048 (Cityscapes), batch 1, fp32, all in o
 Per (size, backend) block the four networks are timed interleaved (round-robin, see
 gasnas.deploy.bench), so drift hits them equally; ratios are latency / derived-net latency on
 the same backend. Next to it: the derived net's achieved GFLOP/s against this CPU's measured
-fp32 peak (a 2048x2048 matmul, timed in the same interleaved rounds as the networks, so the
-same drift and the same contention hit it), i.e. how close to the limit the net runs.
+fp32 peak (a 2048x2048 matmul in torch and in ONNX Runtime, timed in the same interleaved
+rounds as the networks, so the same drift and contention hit it), i.e. how close to the limit
+the net runs.
 
     python benchmarks/bench_peers.py [GENOTYPE.json] [--sizes 360x480,1024x2048]
         [--runs 10] [--warmup 2] [--large-runs 3] [--large-warmup 1] [--threads N]
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         BenchModel,
         markdown_table,
         matmul_runner,
+        ort_matmul_runner,
         run_bench,
         summary_lines,
     )
@@ -182,19 +184,24 @@ def main(argv: list[str] | None = None) -> int:
             with exclusive(args.lock):  # keeps out those who take the lock; then wait out the rest
                 before = wait_quiet(args.quiet, args.max_wait)
                 with ForeignLoad() as load:
+                    extras = {"matmul_torch": matmul_runner(args.peak_n),
+                              "matmul_onnxruntime": ort_matmul_runner(args.peak_n, threads)}
                     block = run_bench(models, size, [backend], "cpu", "fp32", threads, warmup, runs,
-                                      progress=True, extras={"matmul": matmul_runner(args.peak_n)})
+                                      progress=True, extras=extras)
             block["foreign_cpu_load"] = {"before": before, "during": load.fraction}
             block["block_s"] = time.perf_counter() - load.t0
-            mm = block["extras"]["matmul"]
-            peak = {"n": args.peak_n, **mm, "gflops_per_s": 2 * args.peak_n ** 3 / 1e9 / (mm["median_ms"] / 1e3)}
+            mms = {k: {**v, "gflops_per_s": 2 * args.peak_n ** 3 / 1e9 / (v["median_ms"] / 1e3)}
+                   for k, v in block["extras"].items()}
+            best = max(mms, key=lambda k: mms[k]["gflops_per_s"])
+            peak = {"n": args.peak_n, "gflops_per_s": mms[best]["gflops_per_s"], "by": best, "matmuls": mms}
             ref = block["models"][0]["results"][backend]
             achieved = ref.get("gflops_per_s")
             block["achieved"] = {backend: {"gflops_per_s": achieved, "peak": peak,
                                            "fraction_of_peak": achieved / peak["gflops_per_s"] if achieved else None}}
             blocks.append(block)
-            print(f"{size[0]}x{size[1]} {backend}: {time.perf_counter() - t0:.0f} s, matmul "
-                  f"{peak['gflops_per_s']:.1f} GFLOP/s, other processes' CPU load during it: "
+            print(f"{size[0]}x{size[1]} {backend}: {block['block_s']:.0f} s (+{time.perf_counter() - t0 - block['block_s']:.0f} s "
+                  f"waiting), matmul torch {mms['matmul_torch']['gflops_per_s']:.1f} / onnxruntime "
+                  f"{mms['matmul_onnxruntime']['gflops_per_s']:.1f} GFLOP/s, other processes' CPU load during it: "
                   f"{_pct(load.fraction)}", file=sys.stderr)
         report = merge(blocks)
         report["achieved"] = {b: blk["achieved"][b] for b, blk in zip(backends, blocks)}
@@ -208,17 +215,25 @@ def main(argv: list[str] | None = None) -> int:
              f"Command: `python benchmarks/bench_peers.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
              f"  — wall time {wall:.0f} s ({measuring:.0f} s measuring, the rest waiting for the lock "
              "or a quiet CPU)", "", origin + ".", "",
-             f"Peak: a {args.peak_n}x{args.peak_n} fp32 matmul (torch, {threads} threads) timed in the "
-             "same rounds as the networks of every block (median).", ""]
+             f"Peak: a {args.peak_n}x{args.peak_n} fp32 matmul in torch (MKL) and in ONNX Runtime (MLAS), "
+             f"{threads} threads, both timed in the same rounds as the networks of every block; the "
+             "faster one's median is the block's peak.", ""]
     for report in per_size:
         h, w = report["input_size"]
         lines += [f"## {h}x{w}", ""] + summary_lines(report) + ["", markdown_table(report, throughput=True)]
         ach = "; ".join(f"{b} {a['gflops_per_s']:.1f} GFLOP/s = {a['fraction_of_peak']:.0%} of the "
-                        f"matmul peak measured in that block ({a['peak']['gflops_per_s']:.1f} GFLOP/s)"
+                        f"matmul peak measured in that block ({a['peak']['gflops_per_s']:.1f} GFLOP/s, "
+                        f"{a['peak']['by'].removeprefix('matmul_')})"
                         for b, a in report["achieved"].items() if a["fraction_of_peak"] is not None)
         foreign = ", ".join(f"{b} block {_pct(v['during'])}" for b, v in report["foreign_cpu_load"].items())
         lines += [f"Derived net achieved: {ach}.", "",
                   f"CPU used by other processes while the blocks ran: {foreign}.", ""]
+        busy = [b for b, v in report["foreign_cpu_load"].items()
+                if v["during"] is not None and v["during"] > args.quiet]
+        if busy:
+            lines += [f"**Warning:** other processes used more than {args.quiet:.0%} of the CPU during "
+                      f"the {', '.join(busy)} block(s) of this size: those columns are not trustworthy "
+                      "(on 2 cores torch's OpenMP slows down many-fold when a core is taken); rerun.", ""]
     text = "\n".join(lines)
     write_text(out / "bench_peers.md", text)
     peaks = [a["peak"]["gflops_per_s"] for r in per_size for a in r["achieved"].values()]

@@ -375,6 +375,16 @@ def test_cli_build_validate_end_to_end(tmp_path: Path, capsys) -> None:
     assert report["noise_floor"]["nets"] == 5 and "slowest_fastest_ratio" in report
     assert (out / "validate.png").read_bytes()[:4] == b"\x89PNG"
     assert "spearman" in capsys.readouterr().out
+    # refit the calibration on other nets measured in the same passes; it is saved in the LUT
+    rc = main(["latency", "validate", "--lut", str(lut), "--config", str(cfg), "--input", "32x48",
+               "--samples", "3", "--rounds", "1", "--recalibrate", "2", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    report = json.loads((out / "validate.json").read_text())
+    assert report["calibration"]["fitted_in_this_session"] and report["calibration"]["fitted_on"] == 2
+    assert len(json.loads(lut.read_text())["calibration"][0]["fitted_on"]) == 2
+    rc = main(["latency", "calibrate", "--lut", str(lut), "--config", str(cfg), "--input", "32x48",
+               "--samples", "3", "--rounds", "1", "--no-progress"])
+    assert rc == 0 and len(json.loads(lut.read_text())["calibration"][0]["fitted_on"]) == 3
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:

@@ -319,6 +319,30 @@ def matmul_runner(n: int = 2048, device: str = "cpu") -> Callable[[], torch.Tens
     return lambda: torch.mm(a, b)
 
 
+def ort_matmul_runner(n: int = 2048, threads: int | None = None) -> Callable[[], Any]:
+    """The same n×n fp32 matmul in ONNX Runtime (MLAS kernels; the matrices are fed as inputs,
+    so nothing is constant-folded). On AMD CPUs MKL's sgemm, which torch uses, can be well
+    below MLAS's, so the practical peak is the better of the two."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    spec = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in ("a", "b", "y")]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "matmul", spec[:2], spec[2:])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = min(proto.ir_version, onnx.IR_VERSION)
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {k: rng.standard_normal((n, n), dtype=np.float32) for k in ("a", "b")}
+    return lambda: session.run(None, feed)
+
+
 def measure_matmul_peak(n: int = 2048, device: str = "cpu", threads: int | None = None,
                         warmup: int = 3, runs: int = 10) -> dict[str, Any]:
     """This device's practical fp32 peak: an n×n matmul timed with the shared timer."""

@@ -104,6 +104,8 @@ def _predict(args: argparse.Namespace) -> int:
     from gasnas.deploy.predict import predict_images
 
     check_options(["torch"], args.device, "fp32")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise GasnasError(f"--alpha {args.alpha}: must be between 0 and 1")
     model, meta, _ = load_network(checkpoint=args.checkpoint)
     summary = predict_images(model, meta, args.images, args.out, args.overlay, args.device,
                              args.alpha)

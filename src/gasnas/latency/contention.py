@@ -59,10 +59,13 @@ class CpuWatch:
 
 def busy_threshold(threads: int | None) -> float:
     """Other processes' load (cores) that starts to disturb a measurement using `threads`:
-    whatever leaves fewer cores free than we use, less a margin (at least 0.2)."""
+    more than the cores we leave free (at least 0.2). With every core in use, any neighbour
+    hurts: OpenMP threads wait for each other at every barrier, and a 2-thread forward pass
+    next to one busy process took 4x its quiet time here; with one thread on a 2-core CPU,
+    the same neighbour changed it by a few percent."""
     cores = os.cpu_count() or 1
     used = threads if threads is not None else cores
-    return max(0.2, cores - used - 0.2)
+    return max(0.2, cores - used + 0.2)
 
 
 @dataclass
