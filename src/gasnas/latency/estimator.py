@@ -223,10 +223,12 @@ def get_or_build_lut(cfg: Config, run_dir: Path, num_classes: int, *, progress: 
 
 def measure_genotype_ms(genotype: Genotype, lat_cfg: LatencyConfig) -> float:
     """Measured median batch-1 latency of the derived net at `lat_cfg.input_size`."""
+    from gasnas.latency.measure import quiet_export
     from gasnas.latency.timing import measure_model
     from gasnas.space.derived import DerivedNet
 
     model = DerivedNet(genotype)
-    t = measure_model(model, lat_cfg.input_size, lat_cfg.backend, lat_cfg.device, lat_cfg.dtype,
-                      lat_cfg.threads, lat_cfg.warmup, lat_cfg.repeats)
+    with quiet_export():
+        t = measure_model(model, lat_cfg.input_size, lat_cfg.backend, lat_cfg.device, lat_cfg.dtype,
+                          lat_cfg.threads, lat_cfg.warmup, lat_cfg.repeats)
     return t.median_ms

@@ -9,9 +9,11 @@ more repeats, so that every entry is timed over at least `repeats x MS_PER_REPEA
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from gasnas import __version__
@@ -37,11 +39,19 @@ def table_env(lat_cfg: LatencyConfig) -> dict[str, Any]:
     return env
 
 
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    """Silence the ONNX exporter's warnings (tracer, deprecation) while a runner is built."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def measure_item(item: Item, lat_cfg: LatencyConfig) -> float:
     """Median batch-1 milliseconds of one table entry under `lat_cfg`'s device/backend/threads."""
     module, inputs = item.build()
     h, w = inputs[0].shape[-2:]
-    with torch_threads(lat_cfg.threads):
+    with torch_threads(lat_cfg.threads), quiet_export():
         run = make_runner(module, (h, w), lat_cfg.backend, lat_cfg.device, lat_cfg.dtype,
                           lat_cfg.threads, inputs=inputs)
         probe = time_callable(run, lat_cfg.warmup, 3, lat_cfg.device)
