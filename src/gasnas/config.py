@@ -100,6 +100,7 @@ class LatencyConfig:
     target_ms: float | None = None
     log_beta: float = 0.6
     adapt_factor: float = 2.0
+    calibrate_samples: int = 16  # derived nets measured to calibrate a new table (0: raw table sum)
 
 
 @dataclass
