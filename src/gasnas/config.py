@@ -402,7 +402,7 @@ def parse_size(text: str, name: str = "--input") -> list[int]:
     try:
         h, w = (int(p) for p in parts)
     except ValueError:
-        raise GasnasError(f"{name} {text!r}: expected HEIGHTxWIDTH, e.g. 360x480") from None
+        h = w = 0
     if h <= 0 or w <= 0:
-        raise GasnasError(f"{name} {text!r}: sizes must be positive")
+        raise GasnasError(f"{name} {text!r}: expected HxW with positive integers, e.g. 360x480")
     return [h, w]

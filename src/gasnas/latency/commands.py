@@ -5,19 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from gasnas.config import parse_size
 from gasnas.errors import GasnasError
-
-
-def parse_size(text: str, option: str = "--input") -> list[int]:
-    """`360x480` → [360, 480]; anything else is a one-line error."""
-    parts = str(text).lower().replace("×", "x").split("x")
-    try:
-        h, w = (int(p) for p in parts)
-    except ValueError:
-        raise GasnasError(f"{option} {text!r}: expected HxW with positive integers, e.g. 360x480") from None
-    if h <= 0 or w <= 0:
-        raise GasnasError(f"{option} {text!r}: expected HxW with positive integers, e.g. 360x480")
-    return [h, w]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
