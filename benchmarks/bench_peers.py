@@ -209,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         report["block_s"] = {b: blk["block_s"] for b, blk in zip(backends, blocks)}
         per_size.append(report)
 
+    # The CPU's practical peak: the best matmul median of the whole run (in-block matmuls sag
+    # with the machine's drift, so each block's own one is given too).
+    best_peak = max(a["peak"]["gflops_per_s"] for r in per_size for a in r["achieved"].values())
+    for r in per_size:
+        for a in r["achieved"].values():
+            a["fraction_of_best_peak"] = a["gflops_per_s"] / best_peak if a["gflops_per_s"] else None
     wall = time.perf_counter() - t_start
     measuring = sum(v for r in per_size for v in r["block_s"].values())
     lines = ["# Derived GAS net vs torchvision peers (CPU, batch 1, fp32)", "",
@@ -217,13 +223,18 @@ def main(argv: list[str] | None = None) -> int:
              "or a quiet CPU)", "", origin + ".", "",
              f"Peak: a {args.peak_n}x{args.peak_n} fp32 matmul in torch (MKL) and in ONNX Runtime (MLAS), "
              f"{threads} threads, both timed in the same rounds as the networks of every block; the "
-             "faster one's median is the block's peak.", ""]
+             f"faster one's median is the block's peak; the best block's, {best_peak:.1f} GFLOP/s, is "
+             "this CPU's peak.", "",
+             "GFLOP/s are nominal (FLOPs counted by torch's FlopCounterMode, every kernel tap): ONNX "
+             "Runtime's direct convolutions likely skip taps that fall in the zero padding, so nets with "
+             "large dilations on small feature maps (deeplabv3's ASPP, rates 12/24/36) can exceed the "
+             "matmul peak.", ""]
     for report in per_size:
         h, w = report["input_size"]
         lines += [f"## {h}x{w}", ""] + summary_lines(report) + ["", markdown_table(report, throughput=True)]
-        ach = "; ".join(f"{b} {a['gflops_per_s']:.1f} GFLOP/s = {a['fraction_of_peak']:.0%} of the "
-                        f"matmul peak measured in that block ({a['peak']['gflops_per_s']:.1f} GFLOP/s, "
-                        f"{a['peak']['by'].removeprefix('matmul_')})"
+        ach = "; ".join(f"{b} {a['gflops_per_s']:.1f} GFLOP/s = {a['fraction_of_best_peak']:.0%} of the "
+                        f"peak ({a['fraction_of_peak']:.0%} of the matmul timed in the same rounds, "
+                        f"{a['peak']['gflops_per_s']:.1f} GFLOP/s)"
                         for b, a in report["achieved"].items() if a["fraction_of_peak"] is not None)
         foreign = ", ".join(f"{b} block {_pct(v['during'])}" for b, v in report["foreign_cpu_load"].items())
         lines += [f"Derived net achieved: {ach}.", "",
@@ -236,9 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                       "(on 2 cores torch's OpenMP slows down many-fold when a core is taken); rerun.", ""]
     text = "\n".join(lines)
     write_text(out / "bench_peers.md", text)
-    peaks = [a["peak"]["gflops_per_s"] for r in per_size for a in r["achieved"].values()]
     write_json(out / "bench_peers.json", {"genotype": genotype.to_dict(), "genotype_origin": origin,
-                                          "peak_gflops_per_s_best": max(peaks), "sizes": per_size,
+                                          "peak_gflops_per_s": best_peak, "sizes": per_size,
                                           "wall_s": wall, "measuring_s": measuring,
                                           "threads": threads})
     print(text)

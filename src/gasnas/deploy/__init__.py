@@ -20,7 +20,6 @@ _API = {
     "ParityError": "gasnas.deploy.export",
     "synthetic_scene": "gasnas.deploy.export",
     "predict_images": "gasnas.deploy.predict",
-    "colorize": "gasnas.deploy.predict",
     "resolve_palette": "gasnas.deploy.predict",
     "PEERS": "gasnas.deploy.models",
     "build_peer": "gasnas.deploy.models",

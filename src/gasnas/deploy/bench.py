@@ -4,7 +4,8 @@ on one or several backends, measured in one process and interleaved.
 Interleaved means round-robin: every round times each (model, backend) once, starting one place
 further along each round, so slow drift of the machine (thermal, other load) hits every entry
 equally. Each single run is timed by `gasnas.latency.timing.time_callable` (the one timer; it
-synchronises CUDA), and the runners come from `timing.make_runner`, so these numbers are
+synchronises CUDA), and the runners come from `timing.make_runner` (ONNX Runtime's from
+`ort_runner`: the same export and session, with thread-pool spinning off), so these numbers are
 comparable with the latency table's.
 """
 
@@ -99,7 +100,7 @@ def ort_runner(model: nn.Module, input_size: tuple[int, int], device: str = "cpu
                threads: int | None = None) -> Callable[[], Any]:
     """Like `make_runner(..., backend="onnxruntime")` (same exporter, same threads and providers),
     but with ONNX Runtime's thread-pool spinning off: a spinning pool keeps burning the cores
-    after each run, which slowed the next, interleaved torch run up to 3x in our measurements.
+    after each run, which slowed the next, interleaved torch run 2.6x in a measurement here.
     (To fold into `timing.ort_session` as an option.)"""
     try:
         import onnxruntime as ort

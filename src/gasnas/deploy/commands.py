@@ -31,8 +31,9 @@ def _bench(args: argparse.Namespace) -> int:
         run_bench,
         summary_lines,
     )
-    from gasnas.deploy.files import write_json, write_text
     from gasnas.deploy.models import PEERS, build_peer, complexity, load_network, parse_size
+    from gasnas.fileio import write_json_atomic as write_json
+    from gasnas.fileio import write_text_atomic as write_text
 
     cfg = load_config(args.config, args.overrides).bench
     size = parse_size(args.input) if args.input else parse_size(cfg.input_size, "bench.input_size")

@@ -9,7 +9,6 @@ like every gasnas network does.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from gasnas.config import parse_size as config_parse_size
+from gasnas.data.transforms import MEAN as IMAGENET_MEAN  # noqa: F401 - used by export/predict
+from gasnas.data.transforms import STD as IMAGENET_STD  # noqa: F401
 from gasnas.errors import GasnasError
 
-# ImageNet normalisation; used when a checkpoint's meta does not carry its own mean/std.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# IMAGENET_MEAN/STD (the data package's normalisation) apply when a checkpoint's meta carries
+# no mean/std of its own.
 
 PEERS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50")
 
@@ -32,10 +33,8 @@ def parse_size(text: str | list[int] | tuple[int, int], arg: str = "--input") ->
         if len(text) == 2 and all(isinstance(v, int) and v > 0 for v in text):
             return int(text[0]), int(text[1])
         raise GasnasError(f"{arg} {list(text)!r}: expected [H, W] with positive integers")
-    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
-    if not m or int(m.group(1)) == 0 or int(m.group(2)) == 0:
-        raise GasnasError(f"{arg} {text!r}: expected HxW with positive integers, e.g. 1024x2048")
-    return int(m.group(1)), int(m.group(2))
+    h, w = config_parse_size(str(text), arg)
+    return h, w
 
 
 def load_network(genotype: str | Path | None = None, checkpoint: str | Path | None = None,

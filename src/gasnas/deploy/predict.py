@@ -4,7 +4,8 @@ Each image runs at its own size: it is padded (edge-replicate) to a multiple of 
 stride of the network, and the logits are cropped back, so there is no resize blur and the mask
 aligns pixel for pixel. Masks are palette PNGs: the pixel values are the class ids and the
 palette holds the colours, so one file is both the label map and its picture. Mean/std and the
-palette come from the checkpoint's meta (ImageNet statistics and a built-in palette otherwise).
+palette come from the checkpoint's meta, else from the data package (ImageNet statistics, the
+CamVid/Cityscapes palettes).
 """
 
 from __future__ import annotations
@@ -19,22 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gasnas.deploy.files import write_atomic
+from gasnas.data import colorize
 from gasnas.deploy.models import IMAGENET_MEAN, IMAGENET_STD
 from gasnas.errors import GasnasError
+from gasnas.fileio import atomic_write as write_atomic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 STRIDE = 32
-
-# Colours of the usual class orders, used when a checkpoint carries no palette of its own.
-CAMVID_PALETTE = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
-                  (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
-                  (0, 128, 192)]
-CITYSCAPES_PALETTE = [(128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156),
-                      (190, 153, 153), (153, 153, 153), (250, 170, 30), (220, 220, 0),
-                      (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
-                      (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230),
-                      (119, 11, 32)]
 
 
 def voc_palette(n: int) -> list[tuple[int, int, int]]:
@@ -53,25 +45,22 @@ def voc_palette(n: int) -> list[tuple[int, int, int]]:
 
 
 def resolve_palette(meta: dict[str, Any], num_classes: int) -> np.ndarray:
-    """[num_classes, 3] uint8: the checkpoint's palette, else a built-in one (CamVid order for
-    11 classes, Cityscapes for 19, VOC colours otherwise), padded with VOC colours if short."""
+    """[num_classes, 3] uint8: the checkpoint's palette, else the data package's (CamVid order
+    for 11 classes, Cityscapes for 19), else VOC colours; padded with VOC colours if short."""
+    from gasnas.data.classes import CAMVID_PALETTE, cityscapes_palette
+
     given = meta.get("palette")
     if given:
         base = [tuple(int(v) for v in c[:3]) for c in given]
     elif num_classes == len(CAMVID_PALETTE):
-        base = list(CAMVID_PALETTE)
-    elif num_classes == len(CITYSCAPES_PALETTE):
-        base = list(CITYSCAPES_PALETTE)
+        base = [tuple(int(v) for v in c) for c in CAMVID_PALETTE]
+    elif num_classes == 19:
+        base = [tuple(int(v) for v in c) for c in cityscapes_palette()]
     else:
         base = voc_palette(num_classes)
     if len(base) < num_classes:
         base += voc_palette(num_classes)[len(base):]
     return np.asarray(base[:num_classes], dtype=np.uint8)
-
-
-def colorize(label: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """HxW class ids → HxWx3 uint8 colours."""
-    return palette[np.clip(label, 0, len(palette) - 1)]
 
 
 def blend(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
