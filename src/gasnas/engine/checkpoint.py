@@ -80,3 +80,13 @@ def resume_file(run_dir: str | Path, relative: str) -> Path:
 def position_text(epoch: int, step: int) -> str:
     """User-facing position, 1-based: 'epoch 2 step 5' means 5 steps of epoch 2 were done."""
     return f"epoch {epoch + 1} step {step}"
+
+
+def restore_position(run: Any, ck: dict[str, Any]) -> None:
+    """What resuming a search and a training run share: where the run was (epoch, step, global
+    step), its running sums, every RNG, and metrics.jsonl cut back to the finished epochs."""
+    run.epoch, run.step, run.global_step = int(ck["epoch"]), int(ck["step"]), int(ck["global_step"])
+    run.accum = dict(ck["accum"])
+    set_rng_state(ck["rng"])
+    done = run.epoch
+    run.metrics.truncate(lambda r: int(r.get("epoch", 0)) <= done)

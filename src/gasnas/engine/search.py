@@ -230,11 +230,7 @@ class SearchRun:
         self.w_optimizer.load_state_dict(ck["w_optimizer"])
         self.architect.load_state_dict(ck["a_optimizer"])
         self.lam = float(ck["lambda"])
-        self.epoch, self.step, self.global_step = int(ck["epoch"]), int(ck["step"]), int(ck["global_step"])
-        self.accum = dict(ck["accum"])
-        ckpt_io.set_rng_state(ck["rng"])
-        done = self.epoch
-        self.metrics.truncate(lambda r: int(r.get("epoch", 0)) <= done)
+        ckpt_io.restore_position(self, ck)
         log(f"resumed {self.run_dir} at {ckpt_io.position_text(self.epoch, self.step)}", self.main)
 
     # ------------------------------------------------------------------ loop

@@ -180,15 +180,11 @@ class TrainRun:
             raise GasnasError(f"{self.last_path}: weights do not match the network "
                               f"({str(exc).splitlines()[0]})") from None
         self.optimizer.load_state_dict(ck["optimizer"])
-        self.epoch, self.step, self.global_step = int(ck["epoch"]), int(ck["step"]), int(ck["global_step"])
         if ck.get("best_miou") is not None:
             self.best_miou, self.best_epoch = float(ck["best_miou"]), ck.get("best_epoch")
-        self.accum = dict(ck["accum"])
         meta = ck.get("meta") or {}
         self.last_eval = {k: meta.get(k) for k in self.last_eval}
-        ckpt_io.set_rng_state(ck["rng"])
-        done = self.epoch
-        self.metrics.truncate(lambda r: int(r.get("epoch", 0)) <= done)
+        ckpt_io.restore_position(self, ck)
         log(f"resumed {self.run_dir} at {ckpt_io.position_text(self.epoch, self.step)}", self.main)
 
     # ------------------------------------------------------------------ loop
