@@ -45,6 +45,19 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file; a missing or malformed file is a one-line GasnasError naming it."""
+    from gasnas.errors import GasnasError
+
+    path = Path(path)
+    if not path.is_file():
+        raise GasnasError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GasnasError(f"{path}: not valid JSON ({exc})") from None
+
+
 def torch_save_atomic(obj: Any, path: str | Path) -> Path:
     import torch
 

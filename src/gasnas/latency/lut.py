@@ -14,14 +14,13 @@ under another environment is refused unless explicitly allowed (`allow_foreign_l
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gasnas.errors import GasnasError
-from gasnas.fileio import write_json_atomic
+from gasnas.fileio import read_json, write_json_atomic
 
 LUT_SCHEMA_VERSION = 1
 # Fields that decide whether a table's numbers hold here; compared in this order.
@@ -74,13 +73,7 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
         path = Path(path)
-        if not path.is_file():
-            raise GasnasError(f"{path}: latency table not found")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise GasnasError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, path)
+        return cls.from_dict(read_json(path, "latency table"), path)
 
     @classmethod
     def from_dict(cls, data: Any, path: Path | None = None) -> LatencyTable:

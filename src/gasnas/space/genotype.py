@@ -9,7 +9,6 @@ bad one.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from gasnas import __version__
 from gasnas.config import SpaceConfig, _build
 from gasnas.errors import GasnasError
-from gasnas.fileio import write_json_atomic
+from gasnas.fileio import read_json, write_json_atomic
 from gasnas.space.cell import edge_index
 from gasnas.space.network import plan_cells
 from gasnas.space.ops import OPS
@@ -62,14 +61,7 @@ class Genotype:
 
     @classmethod
     def load(cls, path: str | Path) -> Genotype:
-        path = Path(path)
-        if not path.is_file():
-            raise GasnasError(f"{path}: genotype file not found")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise GasnasError(f"{path}: not valid JSON ({exc})") from None
-        return _parse(data, str(path))
+        return _parse(read_json(path, "genotype file"), str(path))
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
