@@ -71,3 +71,31 @@ def test_train_writes_loadable_checkpoints_and_eval_reads_them(tmp_path_factory,
     # TTA runs and gives a valid number
     assert main(["eval", "--checkpoint", str(best), "--flip", "--scales", "0.75,1,1.25", "--json", str(report)]) == 0
     assert 0.0 <= json.loads(report.read_text())["miou"] <= 1.0
+
+
+def test_train_peer_with_the_same_loop_and_eval_reads_it(tmp_path_factory, single_thread, capsys) -> None:  # noqa: F811
+    """`gasnas train --peer`: the torchvision baseline through the same loop; checkpoints name the
+    peer, and eval/bench rebuild it from the name."""
+    from gasnas.deploy.models import load_trained
+
+    data = data_root(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("peer")
+    cfg = tiny_config(data, tmp, "peer", "train.epochs=1", "train.max_steps_per_epoch=2",
+                      "train.optimizer=adamw", "train.lr=0.001", "train.weight_decay=0.01")
+    best = run_train(cfg, None, peer="lraspp_mobilenet_v3_large", show_progress=False)
+    ck = load_ckpt(best.parent / "last.pt", "train")
+    assert ck["peer"] == "lraspp_mobilenet_v3_large" and "genotype" not in ck
+    assert ck["optimizer"]["param_groups"][1]["weight_decay"] == 0.0  # AdamW: no decay on BN/bias
+    assert not (best.parent / "genotype.json").exists()
+    model, meta = load_trained(best)
+    assert model.peer == "lraspp_mobilenet_v3_large" and model.num_classes == 11
+    report = tmp / "eval.json"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(best), "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["miou"] == pytest.approx(meta["miou"])
+    # exactly one of --genotype / --peer
+    assert main(["train", "-c", str(cfg.run_dir / "train" / "config.yaml"), "--run-dir", str(tmp / "x")]) == 2
+    assert "exactly one of --genotype" in capsys.readouterr().err
+    assert main(["train", "--peer", "resnet9000", "-c", str(cfg.run_dir / "train" / "config.yaml"),
+                 "--run-dir", str(tmp / "y")]) == 2
+    assert "--peer resnet9000" in capsys.readouterr().err

@@ -77,6 +77,7 @@ class SpaceConfig:
     cells_per_stage: list[int] = field(default_factory=lambda: [4, 4, 4])
     nodes: int = 2
     head_channels: int = 64
+    detail_channels: int = 0  # >0: fuse the stem's 1/4 feature into the head (reconstruction; 0 = paper's 1/8 head)
     aux_heads: bool = False
     ggm: GGMConfig = field(default_factory=GGMConfig)
 
@@ -132,8 +133,10 @@ class TrainConfig:
 
     epochs: int = 100
     batch_size: int = 8
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw: decoupled weight decay, converges in fewer steps
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only
+    channels_last: bool = True  # NHWC training (same results up to rounding; faster on CPU)
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     ohem_thresh: float = 0.7

@@ -41,13 +41,13 @@ def load_network(genotype: str | Path | None = None, checkpoint: str | Path | No
                  ) -> tuple[nn.Module, dict[str, Any], str]:
     """(model in eval mode, checkpoint meta, a label) from exactly one of a genotype JSON (random
     weights: fine for speed) or a trained checkpoint written with `checkpoint_payload`."""
-    from gasnas.space.derived import DerivedNet, load_derived_checkpoint
+    from gasnas.space.derived import DerivedNet
     from gasnas.space.genotype import Genotype
 
     if (genotype is None) == (checkpoint is None):
         raise GasnasError("give exactly one of --genotype or --checkpoint")
     if checkpoint is not None:
-        model, meta = load_derived_checkpoint(checkpoint)
+        model, meta = load_trained(checkpoint)
         return model.eval(), meta, str(checkpoint)
     g = Genotype.load(genotype)
     with torch.random.fork_rng(devices=[]):
@@ -55,12 +55,31 @@ def load_network(genotype: str | Path | None = None, checkpoint: str | Path | No
         return DerivedNet(g).eval(), {}, str(genotype)
 
 
+def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, meta) from a checkpoint of `gasnas train`: a derived net, or a torchvision peer
+    trained with `--peer` (rebuilt by name, untrained, then its weights loaded)."""
+    from gasnas.fileio import torch_load
+    from gasnas.space.derived import load_derived_checkpoint
+
+    ckpt = torch_load(path)
+    if not (isinstance(ckpt, dict) and "peer" in ckpt):
+        return load_derived_checkpoint(path)
+    meta = dict(ckpt.get("meta") or {})
+    names = meta.get("class_names") or []
+    model = build_peer(str(ckpt["peer"]), len(names) or int(meta.get("num_classes", 0)) or 1)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise GasnasError(f"{path}: weights do not match peer {ckpt['peer']} ({str(exc).splitlines()[0]})") from None
+    return model, meta
+
+
 class OutTensor(nn.Module):
     """Make a torchvision segmentation model return `out` instead of a dict."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, peer: str = "", num_classes: int = 0) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.peer, self.num_classes = model, peer, num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)["out"]
@@ -79,7 +98,7 @@ def build_peer(name: str, num_classes: int, device: str | torch.device | None = 
         kwargs["aux_loss"] = False
     with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
         torch.manual_seed(0)
-        return OutTensor(factory(**kwargs)).eval()
+        return OutTensor(factory(**kwargs), name, num_classes).eval()
 
 
 def complexity(model: nn.Module, input_size: tuple[int, int]) -> tuple[int, int]:

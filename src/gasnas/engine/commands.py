@@ -58,7 +58,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = _config(args, Path(args.resume) / "config.yaml" if args.resume else None)
     return _run_guarded(lambda: run_train(cfg, args.genotype, args.resume, run_dir=args.run_dir,
                                           ckpt_every_steps=args.ckpt_every_steps,
-                                          show_progress=not args.no_progress))
+                                          show_progress=not args.no_progress, peer=args.peer))
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -90,6 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a derived network from scratch → best.pt / last.pt",
                        description="Train the network of a genotype; writes cfg.run_dir/train.")
     p.add_argument("--genotype", "-g", default=None, help="genotype.json written by gasnas search")
+    p.add_argument("--peer", default=None, metavar="NAME",
+                   help="train a torchvision peer instead (lraspp_mobilenet_v3_large, ...; no pretrained "
+                        "weights) with the same recipe: the baseline for benchmarks")
     add_config_args(p)
     p.add_argument("--run-dir", default=None, help="output folder (default: cfg.run_dir/train)")
     _run_options(p)

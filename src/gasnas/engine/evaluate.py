@@ -127,14 +127,14 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
     from gasnas.data import build_dataset, colorize
     from gasnas.data import palette as data_palette
+    from gasnas.deploy.models import load_trained
     from gasnas.engine.metrics import format_table, nan_to_none
     from gasnas.engine.runtime import configure_determinism, resolve_device
     from gasnas.engine.sampling import eval_loader
     from gasnas.errors import GasnasError
     from gasnas.fileio import write_json_atomic
-    from gasnas.space.derived import load_derived_checkpoint
 
-    model, meta = load_derived_checkpoint(args.checkpoint)
+    model, meta = load_trained(args.checkpoint)
     cfg = config_for_checkpoint(meta, args.config, args.overrides)
     configure_determinism(cfg.deterministic)
     device = resolve_device(cfg.device)

@@ -1,12 +1,15 @@
 """Training the derived network from scratch (optionally from user-supplied weights).
 
-SGD (train.lr, momentum, weight decay) with a poly schedule lr·(1 − it/total)^power updated
+SGD (train.lr, momentum, weight decay; or `train.optimizer: adamw`) with a poly schedule lr·(1 − it/total)^power updated
 every iteration; OHEM cross-entropy (train.ohem_thresh, train.ohem_min_kept; engine/losses.py);
 auxiliary heads when `space.aux_heads` is on (loss + train.aux_weight · Σ aux losses);
 evaluation on the val split every `train.eval_every` epochs and after the last one; `best.pt`
 (highest val mIoU) and `last.pt` (also resumable, also every `--ckpt-every-steps` steps).
 
-Both checkpoints keep {"genotype", "model", "meta"} at the top level
+`gasnas train --peer NAME` trains a torchvision peer (deploy/models.py PEERS, no pretrained
+weights) with the very same loop, data, schedule and loss: the fair baseline for benchmarks.
+
+Both checkpoints keep {"genotype" (or "peer"), "model", "meta"} at the top level
 (`gasnas.space.derived.checkpoint_payload`), so `load_derived_checkpoint`, `gasnas eval`,
 `bench`, `export` and `predict` read either. meta: class_names, palette, mean, std, dataset,
 data_root, epoch, miou, iou per class, config (the resolved run config), genotype source.
@@ -52,6 +55,17 @@ LAST, BEST = "last.pt", "best.pt"
 
 def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
     return base_lr * (1.0 - min(iteration, total) / max(1, total)) ** power
+
+
+def make_optimizer(model: nn.Module, tc: Any) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's recipe) or AdamW (short CPU schedules); with AdamW, BN and
+    bias parameters get no weight decay."""
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr)
 
 
 def load_pretrained(model: nn.Module, path: str) -> tuple[int, int]:
@@ -115,10 +129,17 @@ class TrainRun:
         self.loader = batch_loader(self.train_ds, self.batches, cfg.data.workers, self.device.type == "cuda")
         self.val_loader = eval_loader(self.val_ds, self.info.rank, self.info.world, cfg.data.workers)
 
-        self.genotype = genotype_for_training(genotype, cfg)
+        self.genotype = genotype_for_training(genotype, cfg) if not isinstance(genotype, str) else None
         self.genotype_source = genotype_source
         torch.manual_seed(cfg.seed)
-        self.model = DerivedNet(self.genotype)
+        if self.genotype is None:  # a peer's name
+            from gasnas.deploy.models import build_peer
+
+            self.model: nn.Module = build_peer(str(genotype), self.num_classes).train()
+        else:
+            self.model = DerivedNet(self.genotype)
+        self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         if tc.pretrained and resume is None:
             copied, total = load_pretrained(self.model, tc.pretrained)
             log(f"pretrained: {copied}/{total} tensors from {tc.pretrained}", self.main)
@@ -126,10 +147,9 @@ class TrainRun:
         if self.info.enabled:
             D.sync_batchnorm(self.model)
             D.broadcast_module(self.model, self.info)
-        self.aux = bool(self.genotype.space.aux_heads)
+        self.aux = self.genotype is not None and bool(self.genotype.space.aux_heads)
         self.criterion = OhemCrossEntropy(cfg.data.ignore_index, tc.ohem_thresh, tc.ohem_min_kept)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=tc.lr, momentum=tc.momentum,
-                                         weight_decay=tc.weight_decay)
+        self.optimizer = make_optimizer(self.model, tc)
         self.meta_base = {
             "class_names": self.class_names, "palette": self.palette.tolist(),
             "mean": list(MEAN), "std": list(STD), "dataset": cfg.data.format,
@@ -226,7 +246,7 @@ class TrainRun:
             lr = poly_lr(tc.lr, self.global_step, self.total_iters, tc.poly_power)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             labels = labels.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss(images, labels)
@@ -309,36 +329,51 @@ class TrainRun:
 
 
 def prepare_train_dir(cfg: Config, genotype_path: str | Path | None, resume: str | Path | None,
-                      run_dir: str | Path | None, rt: Runtime) -> tuple[Path, Any, str, dict[str, Any] | None]:
-    """(run folder, genotype, where it came from, checkpoint to resume or None)."""
+                      run_dir: str | Path | None, rt: Runtime, peer: str | None = None,
+                      ) -> tuple[Path, Any, str, dict[str, Any] | None]:
+    """(run folder, genotype (or a peer's name), where it came from, checkpoint to resume or None)."""
     from gasnas.space.genotype import Genotype
 
+    genotype: Any
     if resume is not None:
         out = Path(resume)
         ck = ckpt_io.load(ckpt_io.resume_file(out, LAST), "train")
-        genotype = Genotype.from_dict(ck["genotype"], f"{out / LAST}:genotype")
+        if "peer" in ck:
+            genotype = str(ck["peer"])
+        else:
+            genotype = Genotype.from_dict(ck["genotype"], f"{out / LAST}:genotype")
         source = str((ck.get("meta") or {}).get("genotype_source", out / LAST))
     else:
-        if genotype_path is None:
-            raise GasnasError("train needs --genotype GENOTYPE.json (or --resume RUN_DIR)")
+        if (genotype_path is None) == (peer is None):
+            raise GasnasError("train needs exactly one of --genotype GENOTYPE.json or --peer NAME "
+                              "(or --resume RUN_DIR)")
         out = Path(run_dir) if run_dir is not None else cfg.run_dir / "train"
         if (out / LAST).is_file():
             raise GasnasError(f"{out} already holds a training run: resume it with --resume {out}, "
                               "or train elsewhere with --set name=NEW_NAME (or --run-dir)")
-        genotype = Genotype.load(genotype_path)
-        source, ck = str(genotype_path), None
+        if peer is not None:
+            from gasnas.deploy.models import PEERS
+
+            if peer not in PEERS:
+                raise GasnasError(f"--peer {peer}: expected one of {', '.join(PEERS)}")
+            genotype, source = peer, f"peer:{peer}"
+        else:
+            genotype, source = Genotype.load(genotype_path), str(genotype_path)
+        ck = None
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(cfg.dump())
-        genotype_for_training(genotype, cfg).save(out / "genotype.json")
+        if not isinstance(genotype, str):
+            genotype_for_training(genotype, cfg).save(out / "genotype.json")
     D.barrier(rt.dist)
     return out, genotype, source, ck
 
 
 def run_train(cfg: Config, genotype_path: str | Path | None, resume: str | Path | None = None, *,
               run_dir: str | Path | None = None, ckpt_every_steps: int = 0,
-              show_progress: bool = True) -> Path:
-    """Train the derived net of `genotype_path` from scratch; returns the best checkpoint path.
+              show_progress: bool = True, peer: str | None = None) -> Path:
+    """Train the derived net of `genotype_path` (or the torchvision `peer`) from scratch; returns
+    the best checkpoint path.
 
     `resume`: a training folder whose last.pt continues where it stopped (the genotype comes
     from the checkpoint). `run_dir` defaults to cfg.run_dir / "train".
@@ -346,7 +381,7 @@ def run_train(cfg: Config, genotype_path: str | Path | None, resume: str | Path 
     from gasnas.engine.runtime import setup
 
     rt = setup(cfg)
-    out, genotype, source, ck = prepare_train_dir(cfg, genotype_path, resume, run_dir, rt)
+    out, genotype, source, ck = prepare_train_dir(cfg, genotype_path, resume, run_dir, rt, peer)
     if ck is not None and ck.get("meta", {}).get("config", {}).get("data", {}).get("num_classes") not in (
             None, cfg.data.num_classes):
         raise GasnasError(f"{out / LAST}: trained for a different number of classes than data.num_classes")

@@ -17,13 +17,17 @@ class DerivedNet(SegmentationNet):
         self.genotype = genotype
 
 
-def checkpoint_payload(model: DerivedNet, meta: dict | None = None, **extra) -> dict:
+def checkpoint_payload(model, meta: dict | None = None, **extra) -> dict:
     """What a trained-model checkpoint holds: genotype (as JSON-able dict), weights, meta.
 
     meta carries what inference needs without the dataset: class_names, palette, mean, std,
     and provenance (dataset, config, epoch, measured mIoU). Loads with weights_only=True.
+    A torchvision peer (`gasnas.deploy.models.build_peer`, trained with `gasnas train --peer`)
+    is recorded by its name under "peer" instead of a genotype.
     """
-    return {"genotype": model.genotype.to_dict(), "model": model.state_dict(), "meta": meta or {}, **extra}
+    peer = getattr(model, "peer", None)
+    arch = {"peer": peer} if peer else {"genotype": model.genotype.to_dict()}
+    return {**arch, "model": model.state_dict(), "meta": meta or {}, **extra}
 
 
 def load_derived_checkpoint(path) -> tuple[DerivedNet, dict]:

@@ -4,6 +4,10 @@ Default (reconstructed, see docs/method.md): three stride-2 3x3 convs to 1/8; st
 at 1/8, 1/16, 1/32, each later stage opened by a reduction cell; a head with a global-context
 (average-pool) branch at 1/32, fused upsample-and-add with the 1/16 and 1/8 features, a 3x3 conv
 and a classifier at 1/8, bilinear upsampling to the input size.
+
+Optional (`space.detail_channels > 0`, reconstruction, off by default): a detail branch fuses the
+stem's 1/4 feature into the head (a DeepLabV3+-style decoder step) before the classifier, so
+thin objects survive on small inputs where 1/8 is only a few dozen pixels across.
 """
 
 from __future__ import annotations
@@ -68,11 +72,16 @@ class Stem(nn.Sequential):
 
 
 class ContextHead(nn.Module):
-    """Global-context branch at the coarsest stage, upsample-and-add down to 1/8, classifier."""
+    """Global-context branch at the coarsest stage, upsample-and-add down to 1/8, optionally a
+    detail step at 1/4 (`detail_in` stem channels projected to `detail_channels`), classifier."""
 
     def __init__(self, stage_channels: list[int], head_channels: int, num_classes: int,
-                 aux_heads: bool) -> None:
+                 aux_heads: bool, detail_in: int = 0, detail_channels: int = 0) -> None:
         super().__init__()
+        self.detail = self.fuse = None
+        if detail_channels > 0:
+            self.detail = ConvBNReLU(detail_in, detail_channels, 1)
+            self.fuse = ConvBNReLU(head_channels + detail_channels, head_channels, 3)
         self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(stage_channels[-1], head_channels, 1))
         self.lateral = nn.ModuleList(ConvBNReLU(c, head_channels, 1) for c in stage_channels)
         self.refine = nn.ModuleList(ConvBNReLU(head_channels, head_channels, 3) for _ in stage_channels)
@@ -80,7 +89,8 @@ class ContextHead(nn.Module):
         self.aux = (nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in stage_channels[1:])
                     if aux_heads else None)
 
-    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, feats: list[torch.Tensor], detail: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         top = feats[-1]
         x = self.lateral[-1](top) + self.context(top)
         x = self.refine[-1](x)
@@ -88,6 +98,12 @@ class ContextHead(nn.Module):
             lat = self.lateral[i](feats[i])
             x = lat + F.interpolate(x, size=lat.shape[-2:], mode="bilinear", align_corners=False)
             x = self.refine[i](x)
+        if self.fuse is not None:
+            if detail is None:
+                raise ValueError("this head has a detail branch: pass the stem's 1/4 feature")
+            d = self.detail(detail)
+            x = F.interpolate(x, size=d.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.fuse(torch.cat([x, d], dim=1))
         aux = [head(f) for head, f in zip(self.aux, feats[1:])] if self.aux is not None else []
         return self.classifier(x), aux
 
@@ -104,25 +120,33 @@ class SegmentationNet(nn.Module):
         self.stem = Stem(space.stem_channels)
         self.cells = nn.ModuleList(make_cell(p) for p in self.plans)
         self.taps = stage_outputs(self.plans)
-        self.head = ContextHead(space.stage_channels, space.head_channels, num_classes, space.aux_heads)
+        self.head = ContextHead(space.stage_channels, space.head_channels, num_classes, space.aux_heads,
+                                space.stem_channels[-2], space.detail_channels)
 
     def cell_weights(self) -> list[torch.Tensor | None]:
         return [None] * len(self.cells)
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The stage outputs (fine to coarse) and the stem's 1/4 feature (the detail input)."""
         weights = self.cell_weights()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        s0 = s1 = self.stem(x)
+        detail = x
+        for i, layer in enumerate(self.stem):
+            x = layer(x)
+            if i == len(self.stem) - 2:
+                detail = x
+        s0 = s1 = x
         feats = []
         for k, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, weights[k])
             if k in self.taps:
                 feats.append(s1)
-        return feats
+        return feats, detail
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
-        logits, aux = self.head(self.forward_features(x))
+        feats, detail = self.forward_features(x)
+        logits, aux = self.head(feats, detail if self.head.fuse is not None else None)
         size = x.shape[-2:]
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if self.channels_last:
