@@ -1,5 +1,6 @@
-"""The optional 1/4 detail branch of the head (`space.detail_channels`): same skeleton in the
-supernet, the derived net and the latency table; off by default (the paper's 1/8 head)."""
+"""The optional decoder steps of the head (`space.detail_channels`): the stem's 1/4 and then 1/2
+features fused in, with the same skeleton in the supernet, the derived net and the latency table;
+empty by default (the paper-style head at 1/8)."""
 
 from __future__ import annotations
 
@@ -16,42 +17,58 @@ from gasnas.space.genotype import derive_genotype, genotype_weights
 from gasnas.space.supernet import Supernet
 
 SPACE = SpaceConfig(stem_channels=[4, 6, 8], stage_channels=[8, 16, 16], cells_per_stage=[1, 1, 1],
-                    head_channels=8, detail_channels=4)
+                    head_channels=8, detail_channels=[4])
 CLASSES = 3
 
 
 def test_off_by_default_and_no_detail_modules() -> None:
-    net = Supernet(dataclasses.replace(SPACE, detail_channels=0), CLASSES)
-    assert net.head.detail is None and net.head.fuse is None
-    assert "_D" not in space_layout(dataclasses.replace(SPACE, detail_channels=0), CLASSES, [32, 48]).head.key
+    plain = dataclasses.replace(SPACE, detail_channels=[])
+    net = Supernet(plain, CLASSES)
+    assert len(net.head.detail) == 0 and len(net.head.fuse) == 0
+    assert "_D" not in space_layout(plain, CLASSES, [32, 48]).head.key
 
 
-@pytest.mark.parametrize("derived", [False, True])
-def test_detail_branch_sees_the_quarter_feature_and_trains(derived: bool) -> None:
+@pytest.mark.parametrize("derived,widths", [(False, [4]), (True, [4]), (True, [4, 2])])
+def test_detail_steps_see_the_stem_features_and_train(derived: bool, widths: list[int]) -> None:
     torch.manual_seed(0)
-    net = Supernet(SPACE, CLASSES)
+    net = Supernet(dataclasses.replace(SPACE, detail_channels=widths), CLASSES)
     if derived:
         net = DerivedNet(derive_genotype(net))
     seen = []
-    net.head.detail.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    for m in net.head.detail:
+        m.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    fused = []
+    net.head.classifier.register_forward_hook(lambda m, i, o: fused.append(tuple(i[0].shape[-2:])))
     x = torch.randn(2, 3, 64, 96)
     out = net(x)
     assert out.shape == (2, CLASSES, 64, 96) and torch.isfinite(out).all()
-    assert seen == [(2, SPACE.stem_channels[1], 16, 24)]  # stem's second conv: 1/4
+    expected = [(2, 6, 16, 24), (2, 4, 32, 48)][:len(widths)]  # stem conv 2 (1/4), then conv 1 (1/2)
+    assert seen == expected
+    assert fused == [expected[-1][-2:]]  # the classifier runs at the finest fused scale
     out.square().mean().backward()
     missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
-    assert net.head.fuse[0].weight.grad.abs().sum() > 0
+    assert all(f[0].weight.grad.abs().sum() > 0 for f in net.head.fuse)
+
+
+def test_detail_channels_are_validated(capsys) -> None:
+    from gasnas.cli import main
+
+    assert main(["config", "show", "demo", "--set", "space.detail_channels=[8, 8, 8]"]) == 2
+    assert "space.detail_channels" in capsys.readouterr().err
 
 
 def test_latency_table_times_the_detail_head_and_one_hot_sum_holds() -> None:
     size = [32, 48]
     lat = LatencyConfig(input_size=size, threads=1, warmup=0, repeats=1)
     layout = space_layout(SPACE, CLASSES, size)
-    assert layout.head.detail == (SPACE.stem_channels[1], 8, 12)
+    assert layout.head.details == ((6, 8, 12),)
     assert "_D8x12_C6-4_" in layout.head.key
-    module, inputs = layout.head.build()
-    assert module.head.fuse is not None and len(inputs) == 4
+    two = space_layout(dataclasses.replace(SPACE, detail_channels=[4, 2]), CLASSES, size).head
+    assert "_D8x12_C6-4_D16x24_C4-2_" in two.key
+    module, inputs = two.build()
+    assert len(module.head.fuse) == 2 and len(inputs) == 5
+    assert tuple(module.eval()(*inputs).shape) == (1, CLASSES, *size)
     table = build_lut(SPACE, CLASSES, lat, progress=False, rounds=1)
     est = LatencyEstimator(SPACE, CLASSES, table, size, lat, calibrated=False)
     g = derive_genotype(Supernet(SPACE, CLASSES))

@@ -77,7 +77,9 @@ class SpaceConfig:
     cells_per_stage: list[int] = field(default_factory=lambda: [4, 4, 4])
     nodes: int = 2
     head_channels: int = 64
-    detail_channels: int = 0  # >0: fuse the stem's 1/4 feature into the head (reconstruction; 0 = paper's 1/8 head)
+    # decoder steps after the 1/8 head (gasnas addition; [] = paper-style head at 1/8): widths of
+    # the stem's 1/4 feature, then of its 1/2 feature, fused in; the classifier runs at the finest
+    detail_channels: list[int] = field(default_factory=list)
     aux_heads: bool = False
     ggm: GGMConfig = field(default_factory=GGMConfig)
 
@@ -374,6 +376,9 @@ def validate(cfg: Config) -> None:
         raise GasnasError("config key 'space.stem_channels': expected 3 widths (three stride-2 convs)")
     if len(sp.stage_channels) != len(sp.cells_per_stage) or not sp.stage_channels:
         raise GasnasError("config key 'space.cells_per_stage': needs one entry per space.stage_channels")
+    if len(sp.detail_channels) > 2 or any(c < 1 for c in sp.detail_channels):
+        raise GasnasError("config key 'space.detail_channels': at most 2 positive widths (1/4, then 1/2), "
+                          f"got {sp.detail_channels}")
     if sp.nodes < 1:
         raise GasnasError("config key 'space.nodes': must be >= 1")
     from gasnas.space.ops import OPS

@@ -38,7 +38,7 @@ def calibration_scope(space: SpaceConfig, num_classes: int, input_size: list[int
         "cells_per_stage": list(space.cells_per_stage),
         "nodes": space.nodes,
         "head_channels": space.head_channels,
-        **({"detail_channels": space.detail_channels} if space.detail_channels else {}),
+        **({"detail_channels": list(space.detail_channels)} if space.detail_channels else {}),
         "num_classes": num_classes,
         "input_size": [int(input_size[0]), int(input_size[1])],
     }

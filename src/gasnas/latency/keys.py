@@ -11,8 +11,8 @@ Keys carry the full shape (FasterSeg's idea), so one table serves many spaces:
                                                  node, concat, 1x1 projection
     head_F45x60-23x30-12x15_C64-128-256_Ch64_cls11_out360x480
                                                  context head + upsampling to the input size
-                                                 (`_D90x120_C32-16` after `_Ch64` when the 1/4
-                                                 detail branch is on)
+                                                 (`_D90x120_C32-16` after `_Ch64` per detail
+                                                 step: its input HxW, C in-out)
 
 Each item can build the module it times and example inputs of the right shape.
 """
@@ -27,7 +27,14 @@ from torch import nn
 
 from gasnas.config import SpaceConfig
 from gasnas.space.cell import CellBase, edge_index
-from gasnas.space.network import CellPlan, ContextHead, Stem, plan_cells, stage_outputs
+from gasnas.space.network import (
+    CellPlan,
+    ContextHead,
+    Stem,
+    detail_stem_indices,
+    plan_cells,
+    stage_outputs,
+)
 from gasnas.space.ops import OPS
 
 
@@ -121,10 +128,8 @@ class HeadWithUpsample(nn.Module):
         self.head, self.out_size = head, out_size
 
     def forward(self, *feats: torch.Tensor) -> torch.Tensor:
-        if self.head.fuse is not None:  # the last input is the stem's 1/4 detail feature
-            logits, _ = self.head(list(feats[:-1]), feats[-1])
-        else:
-            logits, _ = self.head(list(feats))
+        n = len(feats) - len(self.head.fuse)  # the last inputs are the stem features of the detail steps
+        logits, _ = self.head(list(feats[:n]), list(feats[n:]))
         return F.interpolate(logits, size=self.out_size, mode="bilinear", align_corners=False)
 
 
@@ -135,25 +140,21 @@ class HeadItem:
     num_classes: int
     out_h: int
     out_w: int
-    detail: tuple[int, int, int] | None = None  # (C, H, W) of the stem's 1/4 feature, if fused
-    detail_channels: int = 0
+    details: tuple[tuple[int, int, int], ...] = ()  # (C, H, W) of the stem features fused, 1/4 first
+    detail_channels: tuple[int, ...] = ()
 
     @property
     def key(self) -> str:
         res = "-".join(f"{h}x{w}" for _, h, w in self.feats)
         chans = "-".join(str(c) for c, _, _ in self.feats)
-        detail = ""
-        if self.detail is not None:
-            c, h, w = self.detail
-            detail = f"_D{h}x{w}_C{c}-{self.detail_channels}"
+        detail = "".join(f"_D{h}x{w}_C{c}-{d}" for (c, h, w), d in zip(self.details, self.detail_channels))
         return (f"head_F{res}_C{chans}_Ch{self.head_channels}{detail}_cls{self.num_classes}"
                 f"_out{self.out_h}x{self.out_w}")
 
     def build(self) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-        detail_in = self.detail[0] if self.detail is not None else 0
         head = ContextHead([c for c, _, _ in self.feats], self.head_channels, self.num_classes, False,
-                           detail_in, self.detail_channels)
-        shapes = [*self.feats, *([self.detail] if self.detail is not None else [])]
+                           [c for c, _, _ in self.details], self.detail_channels)
+        shapes = [*self.feats, *self.details]
         inputs = tuple(torch.randn(1, c, h, w) for c, h, w in shapes)
         return HeadWithUpsample(head, (self.out_h, self.out_w)), inputs
 
@@ -210,11 +211,11 @@ def space_layout(space: SpaceConfig, num_classes: int, input_size: tuple[int, in
     h, w = int(input_size[0]), int(input_size[1])
     stem = StemItem(h, w, tuple(space.stem_channels))
     fh, fw = h, w
-    detail = None
-    for i, c_stem in enumerate(space.stem_channels):
+    stem_out = []
+    for c_stem in space.stem_channels:
         fh, fw = half(fh, fw)
-        if i == len(space.stem_channels) - 2 and space.detail_channels > 0:
-            detail = (c_stem, fh, fw)
+        stem_out.append((c_stem, fh, fw))
+    details = tuple(stem_out[i] for i in detail_stem_indices(space))
     plans = plan_cells(space)
     taps = set(stage_outputs(plans))
     s0 = s1 = (space.stem_channels[-1], fh, fw)
@@ -233,5 +234,5 @@ def space_layout(space: SpaceConfig, num_classes: int, input_size: tuple[int, in
         s0, s1 = s1, (plan.c, oh, ow)
         if plan.index in taps:
             feats.append(s1)
-    head = HeadItem(tuple(feats), space.head_channels, num_classes, h, w, detail, space.detail_channels)
+    head = HeadItem(tuple(feats), space.head_channels, num_classes, h, w, details, tuple(space.detail_channels))
     return Layout(tuple(space.ops), stem, tuple(cells), head)

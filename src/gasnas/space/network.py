@@ -5,9 +5,10 @@ at 1/8, 1/16, 1/32, each later stage opened by a reduction cell; a head with a g
 (average-pool) branch at 1/32, fused upsample-and-add with the 1/16 and 1/8 features, a 3x3 conv
 and a classifier at 1/8, bilinear upsampling to the input size.
 
-Optional (`space.detail_channels > 0`, reconstruction, off by default): a detail branch fuses the
-stem's 1/4 feature into the head (a DeepLabV3+-style decoder step) before the classifier, so
-thin objects survive on small inputs where 1/8 is only a few dozen pixels across.
+Optional (`space.detail_channels`, gasnas addition, empty by default): decoder steps that fuse
+the stem's 1/4 feature (first entry) and then its 1/2 feature (second entry) into the head
+(DeepLabV3+-style) and classify at the finest one, so thin objects survive on small inputs where
+1/8 is only a few dozen pixels across.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gasnas.config import SpaceConfig
-from gasnas.space.ops import ConvBNReLU
+from gasnas.space.ops import ConvBNReLU, SepConv
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ def stage_outputs(plans: list[CellPlan]) -> list[int]:
     return [last[s] for s in sorted(last)]
 
 
+def detail_stem_indices(space: SpaceConfig) -> list[int]:
+    """Which stem convs' outputs the detail steps fuse, in order (conv i outputs 1/2^(i+1)):
+    the 1/4 feature first, then the 1/2 one."""
+    return [len(space.stem_channels) - 2 - i for i in range(len(space.detail_channels))]
+
+
 class Stem(nn.Sequential):
     def __init__(self, widths: list[int]) -> None:
         c_in, layers = 3, []
@@ -72,16 +79,19 @@ class Stem(nn.Sequential):
 
 
 class ContextHead(nn.Module):
-    """Global-context branch at the coarsest stage, upsample-and-add down to 1/8, optionally a
-    detail step at 1/4 (`detail_in` stem channels projected to `detail_channels`), classifier."""
+    """Global-context branch at the coarsest stage, upsample-and-add down to 1/8, then one
+    detail step per `detail_channels` entry (stem feature with `detail_in[i]` channels → 1x1 to
+    `detail_channels[i]`, concatenated with the upsampled head feature, fused by a 3x3 conv at
+    1/4 or a separable 3x3 conv at 1/2), classifier."""
 
     def __init__(self, stage_channels: list[int], head_channels: int, num_classes: int,
-                 aux_heads: bool, detail_in: int = 0, detail_channels: int = 0) -> None:
+                 aux_heads: bool, detail_in: list[int] | tuple[int, ...] = (),
+                 detail_channels: list[int] | tuple[int, ...] = ()) -> None:
         super().__init__()
-        self.detail = self.fuse = None
-        if detail_channels > 0:
-            self.detail = ConvBNReLU(detail_in, detail_channels, 1)
-            self.fuse = ConvBNReLU(head_channels + detail_channels, head_channels, 3)
+        self.detail = nn.ModuleList(ConvBNReLU(c, d, 1) for c, d in zip(detail_in, detail_channels))
+        self.fuse = nn.ModuleList(
+            ConvBNReLU(head_channels + d, head_channels, 3) if i == 0 else SepConv(head_channels + d, head_channels)
+            for i, d in enumerate(detail_channels))
         self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(stage_channels[-1], head_channels, 1))
         self.lateral = nn.ModuleList(ConvBNReLU(c, head_channels, 1) for c in stage_channels)
         self.refine = nn.ModuleList(ConvBNReLU(head_channels, head_channels, 3) for _ in stage_channels)
@@ -89,7 +99,7 @@ class ContextHead(nn.Module):
         self.aux = (nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in stage_channels[1:])
                     if aux_heads else None)
 
-    def forward(self, feats: list[torch.Tensor], detail: torch.Tensor | None = None
+    def forward(self, feats: list[torch.Tensor], details: list[torch.Tensor] | tuple[torch.Tensor, ...] = ()
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         top = feats[-1]
         x = self.lateral[-1](top) + self.context(top)
@@ -98,12 +108,12 @@ class ContextHead(nn.Module):
             lat = self.lateral[i](feats[i])
             x = lat + F.interpolate(x, size=lat.shape[-2:], mode="bilinear", align_corners=False)
             x = self.refine[i](x)
-        if self.fuse is not None:
-            if detail is None:
-                raise ValueError("this head has a detail branch: pass the stem's 1/4 feature")
-            d = self.detail(detail)
+        if len(details) != len(self.fuse):
+            raise ValueError(f"this head fuses {len(self.fuse)} stem features, got {len(details)}")
+        for project, fuse, feature in zip(self.detail, self.fuse, details):
+            d = project(feature)
             x = F.interpolate(x, size=d.shape[-2:], mode="bilinear", align_corners=False)
-            x = self.fuse(torch.cat([x, d], dim=1))
+            x = fuse(torch.cat([x, d], dim=1))
         aux = [head(f) for head, f in zip(self.aux, feats[1:])] if self.aux is not None else []
         return self.classifier(x), aux
 
@@ -120,33 +130,33 @@ class SegmentationNet(nn.Module):
         self.stem = Stem(space.stem_channels)
         self.cells = nn.ModuleList(make_cell(p) for p in self.plans)
         self.taps = stage_outputs(self.plans)
+        self.detail_taps = detail_stem_indices(space)
         self.head = ContextHead(space.stage_channels, space.head_channels, num_classes, space.aux_heads,
-                                space.stem_channels[-2], space.detail_channels)
+                                [space.stem_channels[i] for i in self.detail_taps], space.detail_channels)
 
     def cell_weights(self) -> list[torch.Tensor | None]:
         return [None] * len(self.cells)
 
-    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The stage outputs (fine to coarse) and the stem's 1/4 feature (the detail input)."""
+    def forward_features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The stage outputs (fine to coarse) and the stem features the detail steps fuse."""
         weights = self.cell_weights()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        detail = x
-        for i, layer in enumerate(self.stem):
+        stem_out = []
+        for layer in self.stem:
             x = layer(x)
-            if i == len(self.stem) - 2:
-                detail = x
+            stem_out.append(x)
         s0 = s1 = x
         feats = []
         for k, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, weights[k])
             if k in self.taps:
                 feats.append(s1)
-        return feats, detail
+        return feats, [stem_out[i] for i in self.detail_taps]
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
-        feats, detail = self.forward_features(x)
-        logits, aux = self.head(feats, detail if self.head.fuse is not None else None)
+        feats, details = self.forward_features(x)
+        logits, aux = self.head(feats, details)
         size = x.shape[-2:]
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if self.channels_last:

@@ -1,0 +1,122 @@
+"""How close `gasnas search --target-ms T` lands: three budgets, one recipe, one latency table.
+
+For each T the search runs with the hinge loss toward T and λ adapted between epochs from the
+measured latency of the derived net (engine/search.py). Afterwards every final genotype is
+re-measured here (more repeats than the search uses) and compared with T: the goal is ±10%.
+The space's latency range (every edge the cheapest vs the costliest op, from the table) is
+printed too, so the budgets can be read against it.
+
+    python benchmarks/target_latency.py [--config demo] [--targets 9,11,13] [--out runs/target-ms]
+        [--epochs N] [--repeats 20] [--set KEY=VALUE ...] [--lock /tmp/gasnas-cpu.lock]
+
+The first search measures the table; the others reuse it (`latency.lut`), so all three share
+one predictor. Writes OUT/summary.json and OUT/summary.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="demo")
+    ap.add_argument("--targets", default="9,11,13")
+    ap.add_argument("--out", default="runs/target-ms")
+    ap.add_argument("--epochs", type=int, default=None, help="search.epochs (default: the recipe's)")
+    ap.add_argument("--repeats", type=int, default=20, help="timed runs when re-measuring each genotype")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--lock", default=None, help="flock file taken exclusively around each step")
+    args = ap.parse_args()
+    out = Path(args.out)
+    lock = ["flock", "-x", args.lock] if args.lock else []
+    targets = [float(t) for t in args.targets.split(",")]
+    lut = None
+    for t in targets:
+        name = f"T{t:g}"
+        sets = [f"name={name}", f"out_dir={out}", *args.set]
+        if args.epochs is not None:
+            sets.append(f"search.epochs={args.epochs}")
+        if lut is not None:
+            sets.append(f"latency.lut={lut}")
+        if not (out / name / "genotype.json").is_file():
+            cmd = [sys.executable, "-m", "gasnas", "search", "-c", args.config, "--target-ms", f"{t:g}",
+                   "--no-progress"] + [x for s in sets for x in ("--set", s)]
+            print("$ " + shlex.join(cmd), flush=True)
+            subprocess.run(lock + cmd, check=True)
+        lut = out / name / "lut.json"
+
+    # re-measure every final genotype in one process, under the lock
+    cmd = [sys.executable, __file__, "--measure", str(out), "--targets", args.targets, "--repeats", str(args.repeats),
+           "--config", args.config] + [x for s in args.set for x in ("--set", s)]
+    subprocess.run(lock + cmd, check=True)
+
+
+def space_range(est, space, num_classes: int) -> tuple[float, float]:
+    """Predicted latency of the nets that use one op on every kept edge (each node keeps its
+    edges from the two cell inputs): the cheapest and the costliest such net."""
+    from gasnas.space.genotype import CellGene, Genotype
+    from gasnas.space.network import plan_cells
+    from gasnas.space.ops import OPS
+
+    preds = []
+    for op in space.ops:
+        if OPS[op].free:
+            continue
+        edges = [(src, j, op) for j in range(space.nodes) for src in (0, 1)]
+        g = Genotype(space, num_classes, [CellGene(p.reduction, edges) for p in plan_cells(space)])
+        preds.append(est.predict(g))
+    return min(preds), max(preds)
+
+
+def measure(out: Path, targets: list[float], repeats: int, config: str, sets: list[str]) -> None:
+    from gasnas.config import load_config
+    from gasnas.latency import LatencyEstimator, LatencyTable, measure_genotype_ms
+    from gasnas.space.genotype import Genotype
+
+    cfg = load_config(config, sets)
+    lat = dataclasses.replace(cfg.latency, repeats=repeats)
+    rows = []
+    for t in targets:
+        run = out / f"T{t:g}"
+        g = Genotype.load(run / "genotype.json")
+        ms = measure_genotype_ms(g, lat)
+        rows.append({"target_ms": t, "measured_ms": ms, "error": (ms - t) / t,
+                     "predicted_ms": g.predicted_latency_ms, "epoch": g.provenance.get("selected_epoch"),
+                     "within_10pct": abs(ms - t) <= 0.1 * t})
+    table = LatencyTable.load(out / f"T{targets[0]:g}" / "lut.json")
+    est = LatencyEstimator(cfg.space, cfg.data.num_classes, table, cfg.latency.input_size, cfg.latency)
+    lo, hi = space_range(est, cfg.space, cfg.data.num_classes)
+    lines = ["| target ms | measured ms | error | LUT-predicted ms | chosen epoch | within ±10% |",
+             "|---:|---:|---:|---:|---:|:---:|"]
+    for r in rows:
+        lines.append(f"| {r['target_ms']:g} | {r['measured_ms']:.2f} | {100 * r['error']:+.1f}% | "
+                     f"{r['predicted_ms']:.2f} | {r['epoch']} | {'yes' if r['within_10pct'] else 'no'} |")
+    if lo is not None:
+        lines.append(f"\nspace range (predicted): {lo:.2f} ms (cheapest op everywhere) to {hi:.2f} ms (costliest)")
+    env = table.env
+    lines.append(f"\ndevice {env.get('device_name')}, {env.get('threads')} threads, input "
+                 f"{cfg.latency.input_size[0]}x{cfg.latency.input_size[1]}, re-measured with {repeats} runs")
+    (out / "summary.json").write_text(json.dumps({"rows": rows, "range_ms": [lo, hi], "env": env}, indent=2))
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    if "--measure" in sys.argv:
+        p = argparse.ArgumentParser()
+        p.add_argument("--measure")
+        p.add_argument("--targets")
+        p.add_argument("--repeats", type=int)
+        p.add_argument("--config")
+        p.add_argument("--set", action="append", default=[])
+        a = p.parse_args()
+        measure(Path(a.measure), [float(t) for t in a.targets.split(",")], a.repeats, a.config, a.set)
+    else:
+        main()
