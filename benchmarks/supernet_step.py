@@ -1,11 +1,15 @@
 """Supernet search-step speed: the fast supernet vs a plain DARTS-style mixed op, same run.
 
 One search step = a weights step (forward + backward + SGD) and an α step (forward + backward +
-Adam) at batch 8, 184x240, default space. Naive: plain DARTS mixed op (NCHW, a full backward in
-both steps). Fast: fused separable branches, channels-last, and an α step that asks autograd for
-the α/GGM gradients only (no weight gradients are computed there). Both variants hold the same parameters; their outputs
-are compared first (must agree to 1e-5). Throughput is images/s over timed steps; peak memory is
-the peak RSS of a fresh subprocess per variant (CPU has no allocator statistics).
+Adam) at batch 8, 184x240, default space. Naive: plain DARTS mixed op (NCHW, one autograd node
+per conv/BN/ReLU/product, a full backward in both steps). Fast: the supernet as search runs it
+(`Supernet(fast=True)`: one memory-lean autograd Function per mixed op, channels-last; see
+space/fused.py), stepped like engine/search.py `weight_step` and engine/architect.py
+`Architect.step`: the weights step freezes α and the GGM (no α gradients), the α step freezes
+the weights (no weight gradients). Both variants hold the same parameters; their outputs are
+compared first (must agree to 1e-5) and so are their gradients (α, GGM, weights; fp64, train
+mode). Throughput is images/s over timed steps; peak memory is the peak RSS of a fresh
+subprocess per variant (CPU has no allocator statistics), same process setup for both.
 
     python benchmarks/supernet_step.py [--steps 3] [--batch 8] [--size 184x240] [--json out.json]
 """
@@ -21,6 +25,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from gasnas.engine.architect import frozen
 
 
 def make(fast: bool, seed: int = 0):
@@ -40,41 +46,72 @@ def run_variant(fast: bool, steps: int, batch: int, size: list[int]) -> dict:
     x = torch.randn(batch, 3, *size, generator=g)
     y = torch.randint(0, 11, (batch, *size), generator=g)
 
-    arch = net.arch_parameters()
+    arch, weights = net.arch_parameters(), net.weight_parameters()
 
     def step() -> None:
-        net.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), y).backward()
-        w_opt.step()
-        net.zero_grad(set_to_none=True)
-        if fast:  # the α step needs no weight gradients: ask autograd for α (+GGM) only
-            grads = torch.autograd.grad(F.cross_entropy(net(x), y), arch)
-            for p, g_ in zip(arch, grads):
-                p.grad = g_
-        else:  # DARTS-style: a full backward, then step only the α optimizer
+        if fast:  # as the engine does: each step computes only the gradients it updates
+            w_opt.zero_grad(set_to_none=True)
+            with frozen(arch):
+                F.cross_entropy(net(x), y).backward()
+            w_opt.step()
+            a_opt.zero_grad(set_to_none=True)
+            with frozen(weights):
+                F.cross_entropy(net(x), y).backward()
+            a_opt.step()
+        else:  # DARTS-style: a full backward in both steps, each optimizer steps its own side
+            net.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
-        a_opt.step()
+            w_opt.step()
+            net.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y).backward()
+            a_opt.step()
 
     step()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     dt = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"fast": fast, "images_per_s": batch * steps / dt, "s_per_step": dt / steps, "peak_rss_mb": peak_mb}
+    return {"fast": fast, "images_per_s": batch * steps / dt, "s_per_step": dt / steps, "peak_rss_mb": peak_rss_mb()}
 
 
-def check_equal(batch: int, size: list[int]) -> tuple[float, float]:
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Linux: VmHWM (ru_maxrss would include the parent's RSS at
+    fork, it survives exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def check_equal(batch: int, size: list[int]) -> dict[str, float]:
     """Max |Δoutput| in eval mode (fp32) and in train mode (fp64: in fp32, batch-statistics
-    BatchNorm amplifies rounding-order differences over 14 cells to ~1e-4 relative)."""
+    BatchNorm amplifies rounding-order differences over 14 cells to ~1e-4 relative), and the
+    max relative gradient difference (max |Δg| / max |g|) of α + GGM and of the weights, fp64,
+    train mode, gradients of the cross-entropy."""
     fast, ref = make(True), make(False)
     ref.load_state_dict(fast.state_dict())
-    x = torch.randn(batch, 3, *size)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(batch, 3, *size, generator=g)
+    y = torch.randint(0, 11, (batch, *size), generator=g)
     with torch.no_grad():
         eval_diff = float((fast.eval()(x) - ref.eval()(x)).abs().max())
-        fast, ref, x = fast.double().train(), ref.double().train(), x.double()
-        train_diff = float((fast(x) - ref(x)).abs().max())
-    return eval_diff, train_diff
+    fast, ref, x = fast.double().train(), ref.double().train(), x.double()
+    out = {"eval_fp32": eval_diff}
+    grads = []
+    for net in (fast, ref):
+        logits = net(x)
+        F.cross_entropy(logits, y).backward()
+        grads.append((logits.detach(), [p.grad for p in net.arch_parameters()],
+                      [p.grad for p in net.weight_parameters()]))
+    out["train_fp64"] = float((grads[0][0] - grads[1][0]).abs().max())
+    for k, name in ((1, "grad_arch_rel"), (2, "grad_weights_rel")):
+        a, b = torch.cat([t.flatten() for t in grads[0][k]]), torch.cat([t.flatten() for t in grads[1][k]])
+        out[name] = float((a - b).abs().max() / b.abs().max())
+    return out
 
 
 def main() -> None:
@@ -89,8 +126,12 @@ def main() -> None:
     if args.variant:  # child process: one variant, fresh RSS
         print(json.dumps(run_variant(args.variant == "fast", args.steps, args.batch, size)))
         return
-    diff, diff64 = check_equal(2, size)
-    print(f"max |fast - naive| output difference: {diff:.2e} (eval, fp32), {diff64:.2e} (train, fp64)")
+    chk = check_equal(2, size)
+    print(f"max |fast - naive| output difference: {chk['eval_fp32']:.2e} (eval, fp32), "
+          f"{chk['train_fp64']:.2e} (train, fp64); gradients (fp64, max |Δ| / max |g|): "
+          f"α+GGM {chk['grad_arch_rel']:.1e}, weights {chk['grad_weights_rel']:.1e}")
+    if max(chk["eval_fp32"], chk["train_fp64"]) > 1e-5 or max(chk["grad_arch_rel"], chk["grad_weights_rel"]) > 1e-9:
+        sys.exit("fast and naive supernets disagree")
     results = {}
     for variant in ("naive", "fast"):
         out = subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
@@ -101,7 +142,9 @@ def main() -> None:
         print(f"{variant:6s} {r['images_per_s']:6.2f} img/s  {r['s_per_step']:6.2f} s/step  peak RSS {r['peak_rss_mb']:7.0f} MB")
     speed = results["fast"]["images_per_s"] / results["naive"]["images_per_s"]
     mem = results["fast"]["peak_rss_mb"] / results["naive"]["peak_rss_mb"]
-    summary = {"max_output_diff": diff, "max_output_diff_train_fp64": diff64, "throughput_ratio": speed, "peak_memory_ratio": mem,
+    summary = {"max_output_diff": chk["eval_fp32"], "max_output_diff_train_fp64": chk["train_fp64"],
+               "max_grad_rel_diff_arch_fp64": chk["grad_arch_rel"], "max_grad_rel_diff_weights_fp64": chk["grad_weights_rel"],
+               "throughput_ratio": speed, "peak_memory_ratio": mem,
                "threads": torch.get_num_threads(), "torch": torch.__version__, **results}
     print(f"throughput x{speed:.2f}, peak memory x{mem:.2f} (goal: >= 2x, <= 0.6x)")
     if args.json:

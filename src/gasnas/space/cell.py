@@ -10,10 +10,10 @@ Both share the input preprocessing and the output projection.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from gasnas.space.ops import OPS, ConvBNReLU, FactorizedReduce, SepConv
+from gasnas.space.fused import MixedSpec, fusable, mixed_op, spec_ready
+from gasnas.space.ops import OPS, ConvBNReLU, FactorizedReduce
 
 
 def edge_index(nodes: int) -> list[tuple[int, int]]:
@@ -54,11 +54,15 @@ class CellBase(nn.Module):
 class MixedOp(nn.Module):
     """Σ_o w_o · op_o(x) over the candidate ops; `none` is skipped (it adds zero).
 
-    `fused=True` (the search default) computes the separable-conv branches together: their
-    depthwise outputs are concatenated, one grouped 1x1 conv, one BatchNorm and one ReLU run over
-    all of them, and the weighted sum is one reduction. BatchNorm and 1x1 convs act per channel
-    group, so this is the same function with the same parameters as the plain loop
-    (`fused=False`, kept as the reference; benchmarks/supernet_step.py checks both agree).
+    `fused=True` (the search default) computes the identity, max-pool, conv-BN-ReLU and
+    separable-conv branches in one memory-lean autograd Function (space/fused.py: recomputes
+    BatchNorm/ReLU/depthwise outputs in backward, folds the op weights into BatchNorm, fast
+    depthwise backward); any other op (e.g. FactorizedReduce on reduction edges) is added
+    through plain autograd. Same function, same parameters, same BatchNorm running-statistics
+    updates as the plain loop (`fused=False`, kept as the reference; tests/test_space.py and
+    benchmarks/supernet_step.py check outputs and gradients agree). With BatchNorm modules
+    other than plain nn.BatchNorm2d (GlobalBatchNorm2d under several processes) the plain
+    loop runs.
     """
 
     def __init__(self, ops: list[str], c: int, stride: int, fused: bool = True) -> None:
@@ -67,15 +71,34 @@ class MixedOp(nn.Module):
         self.active = [i for i, name in enumerate(ops) if not OPS[name].free]
         self.ops = nn.ModuleList(OPS[ops[i]](c, c, stride) for i in self.active)
         self.fused = fused
-        self.sep = [k for k, m in enumerate(self.ops) if isinstance(m, SepConv)]
-        self.rest = [k for k in range(len(self.ops)) if k not in self.sep]
+        self.stride = stride
+
+    def spec(self) -> tuple[MixedSpec, list[int]]:
+        """The fused branches (as weight indices and modules) and the indices of the others."""
+        spec, rest = MixedSpec(self.stride), []
+        for k, op in enumerate(self.ops):
+            kind, i = fusable(op), self.active[k]
+            if kind == "identity" and spec.identity is None:
+                spec.identity = i
+            elif kind == "pool" and spec.pool is None and op.stride in (self.stride, (self.stride,) * 2):
+                spec.pool = i
+            elif kind == "conv":
+                spec.convs.append((i, op))
+            elif kind == "sep" and op[0].stride == (self.stride,) * 2:
+                spec.seps.append((i, op))
+            else:
+                rest.append(k)
+        return spec, rest
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        if not self.fused or len(self.sep) < 2:
-            return _weighted_sum((weights[self.active[k]], op(x)) for k, op in enumerate(self.ops))
-        out = _weighted_sum((weights[self.active[k]], self.ops[k](x)) for k in self.rest)
-        sep = _fused_sep_convs(x, [self.ops[k] for k in self.sep], weights[[self.active[k] for k in self.sep]])
-        return sep if out is None else out + sep
+        if self.fused:
+            spec, rest = self.spec()
+            if spec_ready(spec):
+                out = mixed_op(spec, x, weights)
+                for k in rest:
+                    out = out + weights[self.active[k]] * self.ops[k](x)
+                return out
+        return _weighted_sum((weights[self.active[k]], op(x)) for k, op in enumerate(self.ops))
 
 
 def _weighted_sum(terms) -> torch.Tensor | None:
@@ -83,29 +106,6 @@ def _weighted_sum(terms) -> torch.Tensor | None:
     for w, y in terms:
         out = w * y if out is None else out + w * y
     return out
-
-
-def _fused_sep_convs(x: torch.Tensor, seps: list[SepConv], w: torch.Tensor) -> torch.Tensor:
-    """Σ_i w_i · SepConv_i(x) with one grouped pointwise conv, one BN and one ReLU for all i."""
-    n = len(seps)
-    dws = [F.conv2d(x, m[0].weight, None, m[0].stride, m[0].padding, m[0].dilation, m[0].groups)
-           for m in seps]
-    h = F.conv2d(torch.cat(dws, dim=1), torch.cat([m[1].weight for m in seps], dim=0), groups=n)
-    bns = [m[2] for m in seps]
-    track = bns[0].training and bns[0].track_running_stats
-    mean = torch.cat([b.running_mean for b in bns]) if bns[0].running_mean is not None else None
-    var = torch.cat([b.running_var for b in bns]) if bns[0].running_var is not None else None
-    h = F.batch_norm(h, mean, var, torch.cat([b.weight for b in bns]), torch.cat([b.bias for b in bns]),
-                     bns[0].training or mean is None, bns[0].momentum, bns[0].eps)
-    if track and mean is not None:
-        with torch.no_grad():
-            for b, m_i, v_i in zip(bns, mean.chunk(n), var.chunk(n)):
-                b.running_mean.copy_(m_i)
-                b.running_var.copy_(v_i)
-                b.num_batches_tracked += 1
-    h = torch.relu(h)
-    b_, _, hh, ww = h.shape
-    return (h.view(b_, n, -1, hh, ww) * w.view(1, n, 1, 1, 1)).sum(dim=1)
 
 
 class SearchCell(CellBase):

@@ -1,0 +1,411 @@
+"""The supernet's fast mixed op: one autograd Function per edge, lean in memory and in time.
+
+`MixedOp(fused=True)` (the search default) computes Σ_o w_o · op_o(x) over the candidate ops in
+one `torch.autograd.Function` (`mixed_op`) instead of one autograd node per conv, BatchNorm,
+ReLU and product. It is the same function, with the same parameters and the same BatchNorm
+running-statistics updates, as the plain loop (`fused=False`, kept as the reference); the
+gradients are the same up to floating-point rounding. What it does differently:
+
+* **Stores only what cannot be recomputed cheaply.** For backward it keeps the edge input x
+  (shared with the other consumers of x), the output of each conv before its BatchNorm and the
+  BatchNorm statistics. BatchNorm outputs, ReLU masks, depthwise outputs and max-pool indices
+  are recomputed in backward (elementwise passes and depthwise convs, cheap next to the dense
+  convs). Per edge that is 5 stored feature maps (conv_3x3: 1, separable branches: 4) instead
+  of ~17 for the plain autograd graph (each separable branch keeps its depthwise output,
+  its pointwise output and its ReLU output; max-pool keeps int64 indices).
+* **Folds the op weight into BatchNorm.** w·ReLU(γx̂ + β) = ReLU(wγ·x̂ + wβ) for w > 0 (softmax
+  weights always are; otherwise the product is taken after the ReLU), so the weighted sum
+  costs no extra pass and the op weight's gradient comes out of BatchNorm's own γ/β gradient
+  reductions: ∂/∂w = Σ_c (γ_c ∂/∂γ'_c + β_c ∂/∂β'_c).
+* **Separable branches together.** All separable branches' pointwise outputs go into one
+  [N·H·W, branches·C] buffer (one matmul per branch, channels-last rows), normalised by one
+  BatchNorm call over all branches' channels (BatchNorm is per channel, so this is each
+  branch's own BatchNorm).
+* **Fast depthwise backward.** oneDNN's backward of dilated depthwise convs (and of strided
+  dilated ones) is 10-100x slower than their forward on CPU. A stride-2 conv with an even
+  dilation d only reads even pixels: it is x[::2, ::2] convolved with dilation d/2, stride 1.
+  The input gradient of a stride-1 conv is a forward conv of the output gradient with the
+  flipped kernel. A conv whose dilation is at least the feature map's height and width
+  only sees the centre tap: a per-channel scale.
+* **Only the gradients that are asked for.** The weight step freezes α (`frozen` in
+  engine/architect.py): no op-weight gradients are computed. The α step freezes the weights:
+  no weight gradients, no depthwise recomputation. The first cell's edges get no input
+  gradient when nothing before them needs one.
+
+Everything runs in channels-last memory layout. The fused path needs plain `nn.BatchNorm2d`
+modules (with affine parameters); with `GlobalBatchNorm2d` (several processes) `MixedOp` uses
+the plain loop, whose BatchNorm modules compute global statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gasnas.space.ops import ConvBNReLU, SepConv
+
+CL = torch.channels_last
+
+
+@dataclass
+class MixedSpec:
+    """Which branches of a mixed op the Function computes (indices into the op weights)."""
+
+    stride: int
+    identity: int | None = None
+    pool: int | None = None  # max_pool_3x3 with as many output as input channels
+    convs: list[tuple[int, ConvBNReLU]] = field(default_factory=list)
+    seps: list[tuple[int, SepConv]] = field(default_factory=list)
+
+    def params(self) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        for _, m in self.convs:
+            out += [m[0].weight, m[1].weight, m[1].bias]
+        for _, m in self.seps:
+            out += [m[0].weight, m[1].weight, m[2].weight, m[2].bias]
+        return out
+
+    def batchnorms(self) -> list[nn.Module]:
+        return [m[1] for _, m in self.convs] + [m[2] for _, m in self.seps]
+
+
+def fusable(m: nn.Module) -> str | None:
+    """The kind of branch `mixed_op` can compute for op module `m`, or None."""
+    if isinstance(m, nn.Identity):
+        return "identity"
+    if (type(m) is nn.MaxPool2d and m.kernel_size in (3, (3, 3)) and m.padding in (1, (1, 1))
+            and m.dilation in (1, (1, 1)) and not m.ceil_mode and not m.return_indices):
+        return "pool"
+    if (type(m) is ConvBNReLU and len(m) == 3 and m[0].bias is None and m[0].groups == 1
+            and type(m[2]) is nn.ReLU):
+        return "conv"
+    if (type(m) is SepConv and m[0].kernel_size == (3, 3) and m[0].padding == m[0].dilation
+            and m[0].bias is None and m[1].bias is None and m[1].stride == (1, 1)):
+        return "sep"
+    return None
+
+
+def spec_ready(spec: MixedSpec) -> bool:
+    """Plain, affine, identically configured BatchNorm modules (not e.g. GlobalBatchNorm2d)."""
+    bns = spec.batchnorms()
+    if not bns:
+        return True
+    b0 = bns[0]
+    return all(type(b) is nn.BatchNorm2d and b.affine and b.training == b0.training
+               and b.track_running_stats == b0.track_running_stats and b.momentum == b0.momentum
+               and b.eps == b0.eps for b in bns)
+
+
+def mixed_op(spec: MixedSpec, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ over the spec's branches of weights[i] · branch_i(x) (see the module docstring)."""
+    return _MixedOp.apply(spec, x, weights, *spec.params())
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """A channels-last [N, C, H, W] tensor as its [N·H·W, C] matrix (a view)."""
+    n, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(n * h * w, c)
+
+
+def _image(rows: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of `_rows`: [N·H·W, C] → channels-last [N, C, H, W] (a view)."""
+    return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.dot(_rows(a.contiguous(memory_format=CL)).reshape(-1),
+                     _rows(b.contiguous(memory_format=CL)).reshape(-1))
+
+
+def _dw_plan(x: torch.Tensor, stride: int, dilation: int) -> tuple[torch.Tensor, bool, int, int, str]:
+    """How to run a 3x3 depthwise conv (padding = dilation): (input, subsampled, stride,
+    dilation, mode) with mode 'centre' (only the centre tap sees the image) or 'conv'."""
+    sub = stride == 2 and dilation % 2 == 0
+    if sub:  # even dilation, stride 2: only even pixels are read
+        x = x[:, :, ::2, ::2].contiguous(memory_format=CL)
+        stride, dilation = 1, dilation // 2
+    mode = "centre" if stride == 1 and dilation >= x.shape[2] and dilation >= x.shape[3] else "conv"
+    return x, sub, stride, dilation, mode
+
+
+def _dw_forward(x: torch.Tensor, w: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
+    xs, _, s, d, mode = _dw_plan(x, stride, dilation)
+    if mode == "centre":
+        return xs * w[:, 0, 1, 1].view(1, -1, 1, 1)
+    return F.conv2d(xs, w, None, s, d, d, xs.shape[1]).contiguous(memory_format=CL)
+
+
+def _dw_backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: int, dilation: int,
+                 gx: torch.Tensor | None, need_w: bool) -> torch.Tensor | None:
+    """Add the input gradient of a depthwise conv into `gx` (if given); return its weight
+    gradient (if `need_w`)."""
+    if need_w:
+        xs, sub, s, d, mode = _dw_plan(x, stride, dilation)
+    else:
+        xs, (sub, s, d, mode) = x, _dw_plan_no_copy(x, stride, dilation)
+    c = w.shape[0]
+    gxs = gw = None
+    if gx is not None:
+        if mode == "centre":
+            gxs = gy * w[:, 0, 1, 1].view(1, -1, 1, 1)
+        elif s == 1:  # the transposed conv of a stride-1 'same' conv: the flipped kernel
+            gxs = F.conv2d(gy, w.flip(2, 3), None, 1, d, d, c)
+        else:  # stride 2, odd dilation (x itself, not subsampled)
+            gxs = torch.ops.aten.convolution_backward(
+                gy, x, w, None, [s, s], [d, d], [d, d], False, [0, 0], c, [True, False, False])[0]
+    if need_w:
+        if mode == "centre":
+            gw = torch.zeros_like(w)
+            gw[:, 0, 1, 1] = (gy * xs).sum(dim=(0, 2, 3))
+        else:
+            gw = torch.ops.aten.convolution_backward(
+                gy, xs, w, None, [s, s], [d, d], [d, d], False, [0, 0], c, [False, True, False])[1]
+    if gx is not None:
+        (gx[:, :, ::2, ::2] if sub else gx).add_(gxs)
+    return gw
+
+
+def _dw_plan_no_copy(x: torch.Tensor, stride: int, dilation: int) -> tuple[bool, int, int, str]:
+    """`_dw_plan` without building the subsampled input (for input gradients only)."""
+    sub = stride == 2 and dilation % 2 == 0
+    h, w = x.shape[2], x.shape[3]
+    if sub:
+        stride, dilation, h, w = 1, dilation // 2, (h + 1) // 2, (w + 1) // 2
+    mode = "centre" if stride == 1 and dilation >= h and dilation >= w else "conv"
+    return sub, stride, dilation, mode
+
+
+class _BN:
+    """One BatchNorm call over the concatenated channels of `mods` (each normalises its own
+    channels), with nn.BatchNorm2d's bookkeeping (running statistics, num_batches_tracked)."""
+
+    def __init__(self, mods: list[nn.Module]) -> None:
+        self.mods = mods
+        b0 = mods[0]
+        self.eps = b0.eps
+        self.batch_stats = b0.training or (b0.running_mean is None and b0.running_var is None)
+
+    def forward(self, h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor):
+        """(y, stat_a, stat_b): y = BN(h) with affine (gamma, beta); the statistics for backward:
+        (mean, invstd) of the batch, or the running (mean, var) used in eval."""
+        mods, b0 = self.mods, self.mods[0]
+        factor = 0.0 if b0.momentum is None else b0.momentum
+        update = b0.training and b0.track_running_stats
+        if update and b0.num_batches_tracked is not None:
+            for b in mods:
+                b.num_batches_tracked.add_(1)
+            if b0.momentum is None:
+                factor = 1.0 / float(b0.num_batches_tracked)
+        rm = rv = None
+        if (not b0.training or b0.track_running_stats) and b0.running_mean is not None:
+            rm = b0.running_mean if len(mods) == 1 else torch.cat([b.running_mean for b in mods])
+            rv = b0.running_var if len(mods) == 1 else torch.cat([b.running_var for b in mods])
+        y, mean, invstd = torch.native_batch_norm(h, gamma, beta, rm, rv, self.batch_stats, factor, self.eps)
+        if update and rm is not None and len(mods) > 1:
+            with torch.no_grad():
+                for b, m_i, v_i in zip(mods, rm.chunk(len(mods)), rv.chunk(len(mods))):
+                    b.running_mean.copy_(m_i)
+                    b.running_var.copy_(v_i)
+        if self.batch_stats:
+            return y, mean, invstd
+        return y, rm.clone(), rv.clone()
+
+    def scale_shift(self, a: torch.Tensor, b: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor):
+        """Per channel (scale, shift) with BN(h) = h·scale + shift."""
+        invstd = b if self.batch_stats else torch.rsqrt(b + self.eps)
+        scale = invstd * gamma
+        return scale, beta - a * scale
+
+    def backward(self, g: torch.Tensor, h: torch.Tensor, gamma: torch.Tensor, a: torch.Tensor,
+                 b: torch.Tensor, mask: list[bool]):
+        if self.batch_stats:
+            return torch.ops.aten.native_batch_norm_backward(g, h, gamma, None, None, a, b, True, self.eps, mask)
+        return torch.ops.aten.native_batch_norm_backward(g, h, gamma, a, b, None, None, False, self.eps, mask)
+
+
+def _fold(w: torch.Tensor) -> bool:
+    """Fold the op weights into BatchNorm's affine parameters (needs w > 0)."""
+    return bool((w > 0).all())
+
+
+class _MixedOp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec: MixedSpec, x: torch.Tensor, weights: torch.Tensor, *params: torch.Tensor):
+        x = x.contiguous(memory_format=CL)
+        n, c, hgt, wid = x.shape
+        s = spec.stride
+        ho, wo = (hgt + s - 1) // s, (wid + s - 1) // s
+        out = None
+        saved: list[torch.Tensor] = []
+        ctx.folds = []
+        ctx.bns = []
+        k = 0
+        for idx, m in spec.convs:  # conv → BN → ReLU, weighted
+            wc, gamma, beta = params[k:k + 3]
+            k += 3
+            w = weights[idx]
+            fold = _fold(w)
+            bn = _BN([m[1]])
+            h = F.conv2d(x, wc, None, m[0].stride, m[0].padding, m[0].dilation).contiguous(memory_format=CL)
+            y, sa, sb = bn.forward(h, gamma * w if fold else gamma, beta * w if fold else beta)
+            y.relu_()
+            if out is None:
+                out = y if fold else y * w
+            elif fold:
+                out.add_(y)
+            else:
+                out.addcmul_(y, w)
+            saved += [h, sa, sb]
+            ctx.folds.append(fold)
+            ctx.bns.append(bn)
+        if spec.seps:
+            nb = len(spec.seps)
+            idxs = [i for i, _ in spec.seps]
+            w = weights[idxs]
+            fold = _fold(w)
+            rows = x.new_empty(n * ho * wo, nb, c)
+            for j, (_, m) in enumerate(spec.seps):
+                dw, pw = params[k + 4 * j], params[k + 4 * j + 1]
+                d = _dw_forward(x, dw, s, m[0].dilation[0])
+                torch.mm(_rows(d), pw.view(c, c).t(), out=rows[:, j])
+            gamma = torch.cat([params[k + 4 * j + 2] for j in range(nb)])
+            beta = torch.cat([params[k + 4 * j + 3] for j in range(nb)])
+            if fold:
+                wrep = w.repeat_interleave(c)
+                gamma, beta = gamma * wrep, beta * wrep
+            h = _image(rows.view(-1, nb * c), n, ho, wo)
+            bn = _BN([m[2] for _, m in spec.seps])
+            y, sa, sb = bn.forward(h, gamma, beta)
+            y3 = _rows(y.relu_()).view(-1, nb, c)
+            y3 = y3.sum(1) if fold else (y3 * w.view(1, nb, 1)).sum(1)
+            y = _image(y3, n, ho, wo)
+            out = y if out is None else out.add_(y)
+            saved += [h, sa, sb]
+            ctx.folds.append(fold)
+            ctx.bns.append(bn)
+        if spec.pool is not None:
+            p = F.max_pool2d(x, 3, s, 1)
+            out = p * weights[spec.pool] if out is None else out.addcmul_(p, weights[spec.pool])
+        if spec.identity is not None:
+            out = x * weights[spec.identity] if out is None else out.addcmul_(x, weights[spec.identity])
+        if out is None:
+            out = x.new_zeros(n, c, ho, wo).contiguous(memory_format=CL)
+        ctx.spec = spec
+        ctx.save_for_backward(x, weights, *params, *saved)
+        ctx.n_params = len(params)
+        return out
+
+    @staticmethod
+    def backward(ctx, go: torch.Tensor):
+        spec: MixedSpec = ctx.spec
+        x, weights, *rest = ctx.saved_tensors
+        params, saved = rest[:ctx.n_params], rest[ctx.n_params:]
+        need = ctx.needs_input_grad
+        need_x, need_w, need_p = need[1], need[2], need[3:]
+        go = go.contiguous(memory_format=CL)
+        n, c, ho, wo = go.shape
+        s = spec.stride
+        gx = None
+        if need_x:
+            gx = (go * weights[spec.identity] if spec.identity is not None
+                  else torch.zeros_like(x, memory_format=CL))
+        gw = torch.zeros_like(weights) if need_w else None
+        gp: list[torch.Tensor | None] = [None] * len(params)
+        if spec.identity is not None and need_w:
+            gw[spec.identity] = _dot(go, x)
+        if spec.pool is not None:
+            wp = weights[spec.pool]
+            if need_x:
+                p, ind = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [s, s], [1, 1])
+                gx.add_(torch.ops.aten.max_pool2d_with_indices_backward(
+                    go * wp, x, [3, 3], [s, s], [1, 1], [1, 1], False, ind))
+            elif need_w:
+                p = F.max_pool2d(x, 3, s, 1)
+            if need_w:
+                gw[spec.pool] = _dot(go, p)
+        go_rows = _rows(go)
+        k = 0  # parameter offset
+        for b_i, (idx, m) in enumerate(spec.convs):
+            wc, gamma, beta = params[k:k + 3]
+            h, sa, sb = saved[3 * b_i:3 * b_i + 3]
+            w, fold, bn = weights[idx], ctx.folds[b_i], ctx.bns[b_i]
+            g_w, g_gamma, g_beta = need_p[k:k + 3]
+            gam, bet = (gamma * w, beta * w) if fold else (gamma, beta)
+            if need_x or g_w or g_gamma or g_beta or need_w:
+                scale, shift = bn.scale_shift(sa, sb, gam, bet)
+                y = torch.addcmul(shift, _rows(h), scale)  # BN output (rows), recomputed
+                if not fold and need_w:
+                    gw[idx] = torch.dot(y.clamp_min(0).reshape(-1), go_rows.reshape(-1))
+                g = torch.ops.aten.threshold_backward(go_rows if fold else go_rows * w, y, 0)
+                want_affine = g_gamma or g_beta or (fold and need_w)
+                gh, gg, gb = bn.backward(_image(g, n, ho, wo), h, gam, sa, sb,
+                                         [need_x or g_w, want_affine, want_affine])
+                if fold and need_w:
+                    gw[idx] = (gg * gamma).sum() + (gb * beta).sum()
+                if g_gamma:
+                    gp[k + 1] = gg * w if fold else gg
+                if g_beta:
+                    gp[k + 2] = gb * w if fold else gb
+                if need_x or g_w:
+                    gxc, gwc, _ = torch.ops.aten.convolution_backward(
+                        gh.contiguous(memory_format=CL), x, wc, None, list(m[0].stride), list(m[0].padding),
+                        list(m[0].dilation), False, [0, 0], 1, [need_x, g_w, False])
+                    if need_x:
+                        gx.add_(gxc)
+                    gp[k] = gwc
+            k += 3
+        if spec.seps:
+            nb = len(spec.seps)
+            b_i = len(spec.convs)
+            h, sa, sb = saved[3 * b_i:3 * b_i + 3]
+            fold, bn = ctx.folds[b_i], ctx.bns[b_i]
+            idxs = [i for i, _ in spec.seps]
+            w = weights[idxs]
+            gamma = torch.cat([params[k + 4 * j + 2] for j in range(nb)])
+            beta = torch.cat([params[k + 4 * j + 3] for j in range(nb)])
+            wrep = w.repeat_interleave(c)
+            gam, bet = (gamma * wrep, beta * wrep) if fold else (gamma, beta)
+            need_dw = [need_p[k + 4 * j] for j in range(nb)]
+            need_pw = [need_p[k + 4 * j + 1] for j in range(nb)]
+            need_aff = any(need_p[k + 4 * j + 2] or need_p[k + 4 * j + 3] for j in range(nb))
+            need_gh = need_x or any(need_dw) or any(need_pw)
+            if need_gh or need_aff or need_w:
+                scale, shift = bn.scale_shift(sa, sb, gam, bet)
+                y = torch.addcmul(shift, _rows(h), scale).view(-1, nb, c)
+                go3 = go_rows.unsqueeze(1)
+                if not fold and need_w:
+                    gw[idxs] = torch.einsum("pkc,pc->k", y.clamp_min(0), go_rows)
+                g = torch.ops.aten.threshold_backward(
+                    go3.expand(-1, nb, c) if fold else go3 * w.view(1, nb, 1), y, 0)
+                want_affine = need_aff or (fold and need_w)
+                gh, gg, gb = bn.backward(_image(g.view(-1, nb * c), n, ho, wo), h, gam, sa, sb,
+                                         [need_gh, want_affine, want_affine])
+                if fold and need_w:
+                    gw[idxs] = (gg * gamma + gb * beta).view(nb, c).sum(1)
+                if need_aff:
+                    if fold:
+                        gg, gb = gg * wrep, gb * wrep
+                    for j in range(nb):
+                        if need_p[k + 4 * j + 2]:
+                            gp[k + 4 * j + 2] = gg[j * c:(j + 1) * c]
+                        if need_p[k + 4 * j + 3]:
+                            gp[k + 4 * j + 3] = gb[j * c:(j + 1) * c]
+                if need_gh:
+                    gh_rows = _rows(gh.contiguous(memory_format=CL)).view(-1, nb, c)
+                    for j, (_, m) in enumerate(spec.seps):
+                        dw, pw = params[k + 4 * j], params[k + 4 * j + 1]
+                        ghj = gh_rows[:, j]
+                        dil = m[0].dilation[0]
+                        if need_pw[j]:
+                            d = _dw_forward(x, dw, s, dil)
+                            gp[k + 4 * j + 1] = torch.mm(ghj.t(), _rows(d)).view_as(pw)
+                        if need_x or need_dw[j]:
+                            gd = _image(torch.mm(ghj, pw.view(c, c)), n, ho, wo)
+                            gp[k + 4 * j] = _dw_backward(gd, x, dw, s, dil, gx, need_dw[j])
+        return (None, gx, gw, *gp)
