@@ -5,7 +5,8 @@ Every stage is a plain `gasnas` command (printed before it runs), so each step c
 hand; a stage whose output already exists is skipped, so an interrupted benchmark continues.
 
     python benchmarks/camvid_vs_lraspp.py [--out runs/camvid-bench] [--search-epochs 10]
-        [--warmup-epochs 3] [--train-epochs 12] [--set KEY=VALUE ...] [--lock /tmp/gasnas-cpu.lock]
+        [--warmup-epochs 3] [--train-epochs 12] [--target-ms T] [--set KEY=VALUE ...]
+        [--lock /tmp/gasnas-cpu.lock]
 
 Both networks are trained by `gasnas train` (the same loop, data, crops, augmentation, OHEM loss,
 poly schedule, optimizer, epochs and evaluation); LR-ASPP is
@@ -55,6 +56,8 @@ def main() -> None:
     ap.add_argument("--search-epochs", type=int, default=10)
     ap.add_argument("--warmup-epochs", type=int, default=3)
     ap.add_argument("--train-epochs", type=int, default=12)
+    ap.add_argument("--target-ms", type=float, default=None,
+                    help="search with a latency budget (e.g. below LR-ASPP's latency on this device)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for every stage")
     ap.add_argument("--lock", default=None, help="flock file taken exclusively around each stage")
@@ -71,7 +74,8 @@ def main() -> None:
         resume = ["--resume", str(out)] if (out / "checkpoints").is_dir() else []
         walls["search"] = walls.get("search", 0.0) + run(
             gasnas + ["search", *common, "--set", f"search.epochs={args.search_epochs}",
-                      "--set", f"search.warmup_epochs={args.warmup_epochs}", *resume], args.lock)
+                      "--set", f"search.warmup_epochs={args.warmup_epochs}", *resume,
+                      *(["--target-ms", f"{args.target_ms:g}"] if args.target_ms else [])], args.lock)
     train_sets = ["--set", f"train.epochs={args.train_epochs}",
                   "--set", f"train.eval_every={max(1, args.train_epochs // 4)}"]
     for name, what in (("gasnas", ["-g", str(genotype)]), ("lraspp", ["--peer", "lraspp_mobilenet_v3_large"])):

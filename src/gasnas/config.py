@@ -101,6 +101,7 @@ class LatencyConfig:
     loss: Literal["linear", "log", "target"] = "linear"
     weight: float = 0.002
     target_ms: float | None = None
+    target_weight: float = 1.0  # initial λ in `target` mode: the hinge λ·max(0, E/T - 1) is relative, not in ms
     log_beta: float = 0.6
     adapt_factor: float = 2.0
     calibrate_samples: int = 16  # derived nets measured to calibrate a new table (0: raw table sum)

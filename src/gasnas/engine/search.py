@@ -186,7 +186,8 @@ class SearchRun:
         self.architect = Architect(self.supernet, self.estimator, self.criterion, sc, cfg.latency, self.info)
 
         # ---- position
-        self.lam = float(cfg.latency.weight)
+        lc = cfg.latency
+        self.lam = float(lc.target_weight if lc.loss == "target" else lc.weight)
         self.epoch, self.step, self.global_step = 0, 0, 0
         self.accum = _new_accum()
         if resume is not None:
