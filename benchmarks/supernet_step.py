@@ -29,17 +29,19 @@ import torch.nn.functional as F
 from gasnas.engine.architect import frozen
 
 
-def make(fast: bool, seed: int = 0):
-    from gasnas.config import SpaceConfig
+def make(fast: bool, seed: int = 0, recompute_stages: int | None = None):
+    from gasnas.config import SearchConfig, SpaceConfig
     from gasnas.space import Supernet
 
+    if recompute_stages is None:
+        recompute_stages = SearchConfig().recompute_stages
     torch.manual_seed(seed)
-    return Supernet(SpaceConfig(), 11, fast=fast)
+    return Supernet(SpaceConfig(), 11, fast=fast, recompute_stages=recompute_stages)
 
 
-def run_variant(fast: bool, steps: int, batch: int, size: list[int]) -> dict:
+def run_variant(fast: bool, steps: int, batch: int, size: list[int], recompute_stages: int | None) -> dict:
     """Time `steps` search steps (after one warm-up step); report images/s and peak RSS."""
-    net = make(fast)
+    net = make(fast, recompute_stages=recompute_stages)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999))
     g = torch.Generator().manual_seed(1)
@@ -54,6 +56,7 @@ def run_variant(fast: bool, steps: int, batch: int, size: list[int]) -> dict:
             with frozen(arch):
                 F.cross_entropy(net(x), y).backward()
             w_opt.step()
+            w_opt.zero_grad(set_to_none=True)  # freed before the α step, as weight_step does
             a_opt.zero_grad(set_to_none=True)
             with frozen(weights):
                 F.cross_entropy(net(x), y).backward()
@@ -87,12 +90,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def check_equal(batch: int, size: list[int]) -> dict[str, float]:
+def check_equal(batch: int, size: list[int], recompute_stages: int | None) -> dict[str, float]:
     """Max |Δoutput| in eval mode (fp32) and in train mode (fp64: in fp32, batch-statistics
     BatchNorm amplifies rounding-order differences over 14 cells to ~1e-4 relative), and the
     max relative gradient difference (max |Δg| / max |g|) of α + GGM and of the weights, fp64,
     train mode, gradients of the cross-entropy."""
-    fast, ref = make(True), make(False)
+    fast, ref = make(True, recompute_stages=recompute_stages), make(False)
     ref.load_state_dict(fast.state_dict())
     g = torch.Generator().manual_seed(2)
     x = torch.randn(batch, 3, *size, generator=g)
@@ -120,13 +123,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", default="184x240")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--recompute-stages", type=int, default=None,
+                    help="fast variant: search.recompute_stages (default: the config default)")
     ap.add_argument("--variant", choices=["fast", "naive"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     size = [int(v) for v in args.size.split("x")]
     if args.variant:  # child process: one variant, fresh RSS
-        print(json.dumps(run_variant(args.variant == "fast", args.steps, args.batch, size)))
+        print(json.dumps(run_variant(args.variant == "fast", args.steps, args.batch, size, args.recompute_stages)))
         return
-    chk = check_equal(2, size)
+    from gasnas.config import SearchConfig
+
+    stages = SearchConfig().recompute_stages if args.recompute_stages is None else args.recompute_stages
+    print(f"fast: search.recompute_stages={stages}; {torch.get_num_threads()} threads, torch {torch.__version__}")
+    chk = check_equal(2, size, stages)
     print(f"max |fast - naive| output difference: {chk['eval_fp32']:.2e} (eval, fp32), "
           f"{chk['train_fp64']:.2e} (train, fp64); gradients (fp64, max |Δ| / max |g|): "
           f"α+GGM {chk['grad_arch_rel']:.1e}, weights {chk['grad_weights_rel']:.1e}")
@@ -135,7 +144,8 @@ def main() -> None:
     results = {}
     for variant in ("naive", "fast"):
         out = subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
-                              "--batch", str(args.batch), "--size", args.size],
+                              "--batch", str(args.batch), "--size", args.size,
+                              "--recompute-stages", str(stages)],
                              check=True, capture_output=True, text=True).stdout
         results[variant] = json.loads(out.strip().splitlines()[-1])
         r = results[variant]
@@ -144,7 +154,7 @@ def main() -> None:
     mem = results["fast"]["peak_rss_mb"] / results["naive"]["peak_rss_mb"]
     summary = {"max_output_diff": chk["eval_fp32"], "max_output_diff_train_fp64": chk["train_fp64"],
                "max_grad_rel_diff_arch_fp64": chk["grad_arch_rel"], "max_grad_rel_diff_weights_fp64": chk["grad_weights_rel"],
-               "throughput_ratio": speed, "peak_memory_ratio": mem,
+               "throughput_ratio": speed, "peak_memory_ratio": mem, "recompute_stages": stages,
                "threads": torch.get_num_threads(), "torch": torch.__version__, **results}
     print(f"throughput x{speed:.2f}, peak memory x{mem:.2f} (goal: >= 2x, <= 0.6x)")
     if args.json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from gasnas.cli import main
 from gasnas.config import GGMConfig, SpaceConfig
+from gasnas.engine.architect import frozen
 from gasnas.errors import GasnasError
 from gasnas.ggm import GCNGuidedModule
 from gasnas.space import OPS, DerivedNet, Genotype, Supernet, derive_genotype, genotype_weights
@@ -201,19 +203,124 @@ def test_edge_index_order() -> None:
     assert num_edges(3) == 9
 
 
-def test_fused_supernet_matches_reference() -> None:
-    """The fast path (fused separable branches, channels-last) is the same function: compare in
-    float64 in train mode, where BatchNorm uses batch statistics."""
+def _fast_and_reference(recompute_stages: int, space: SpaceConfig | None = None):
     torch.manual_seed(0)
-    fast = Supernet(SpaceConfig(**TINY), 4, fast=True).double()
-    ref = Supernet(SpaceConfig(**TINY), 4, fast=False).double()
+    space = space or SpaceConfig(**TINY)
+    fast = Supernet(space, 4, fast=True, recompute_stages=recompute_stages).double()
+    ref = Supernet(space, 4, fast=False).double()
     ref.load_state_dict(fast.state_dict())
+    with torch.no_grad():  # non-trivial BN affine parameters and running statistics
+        for net in (fast, ref):
+            g = torch.Generator().manual_seed(1)
+            for m in net.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g, dtype=torch.float64) + 0.5)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g, dtype=torch.float64))
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=torch.float64) + 0.5)
+            for a in net.alphas:
+                a.copy_(torch.randn(a.shape, generator=g, dtype=torch.float64))
+    return fast, ref
+
+
+def _assert_same_grads(fast, ref, names, atol=1e-9) -> None:
+    got = dict(fast.named_parameters())
+    for name, q in ref.named_parameters():
+        if name not in names:
+            continue
+        p = got[name]
+        if q.grad is None:
+            assert p.grad is None or not p.grad.any(), name
+            continue
+        assert p.grad is not None, name
+        assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=atol), name
+
+
+@pytest.mark.parametrize("recompute_stages", [0, 3])
+def test_fused_supernet_matches_reference(recompute_stages: int) -> None:
+    """The fast path (one autograd Function per mixed op, channels-last, BN/ReLU/depthwise
+    recomputed in backward; with `recompute_stages`, pointwise convs too) is the same
+    function: same outputs, running statistics and gradients (α, GGM, weights) as the plain
+    reference, float64, train mode (BatchNorm batch statistics), in a full backward and in
+    the search's two steps (weights step with α/GGM frozen, α step with the weights frozen)."""
+    fast, ref = _fast_and_reference(recompute_stages)
     x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    y = torch.randint(0, 4, (2, 64, 96))
+    arch_names = {n for n, p in ref.named_parameters() if any(p is a for a in ref.arch_parameters())}
+    weight_names = {n for n, _ in ref.named_parameters()} - arch_names
+    assert len(arch_names) == len(ref.alphas) + len(list(ref.ggm.parameters()))
+
+    def loss(net):
+        return torch.nn.functional.cross_entropy(net(x), y)
+
     y_fast, y_ref = fast(x), ref(x)
     assert (y_fast - y_ref).abs().max() < 1e-9
-    y_fast.sum().backward()
-    y_ref.sum().backward()
-    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
-        assert torch.allclose(p.grad, q.grad, atol=1e-8), name
+    (y_fast * y_ref.detach()).sum().backward()
+    (y_ref * y_ref.detach()).sum().backward()
+    _assert_same_grads(fast, ref, arch_names | weight_names)
     for (name, b), c in zip(fast.named_buffers(), ref.buffers()):
         assert torch.allclose(b.double(), c.double(), atol=1e-9), name  # running stats updated alike
+    for net in (fast, ref):  # the weights step: α and the GGM frozen
+        net.zero_grad(set_to_none=True)
+        with frozen(net.arch_parameters()):
+            loss(net).backward()
+        assert all(p.grad is None for p in net.arch_parameters())
+    _assert_same_grads(fast, ref, weight_names)
+    for net in (fast, ref):  # the α step: the weights frozen
+        net.zero_grad(set_to_none=True)
+        with frozen(net.weight_parameters()):
+            loss(net).backward()
+        assert all(p.grad is None for p in net.weight_parameters())
+    _assert_same_grads(fast, ref, arch_names)
+    for net in (fast, ref):  # eval mode: running statistics, outputs and gradients still agree
+        net.eval().zero_grad(set_to_none=True)
+    out_fast, out_ref = loss(fast), loss(ref)
+    assert abs(float(out_fast.detach() - out_ref.detach())) < 1e-10
+    out_fast.backward()
+    out_ref.backward()
+    _assert_same_grads(fast, ref, arch_names | weight_names)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(9, 13), (4, 3)])
+def test_fused_mixed_op_edge_cases(stride: int, size: tuple[int, int]) -> None:
+    """One mixed op, fused vs plain, float64: op weights of both signs and zero (the product is
+    then taken after the ReLU instead of inside BatchNorm), strided edges (even dilations
+    subsampled, FactorizedReduce through plain autograd), maps smaller than the dilation
+    (only the centre tap), train and eval mode, every subset of gradients."""
+    from gasnas.config import DEFAULT_OPS
+    from gasnas.space.cell import MixedOp
+
+    torch.manual_seed(0)
+    ref = MixedOp(DEFAULT_OPS, 6, stride, fused=False).double()
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.normal_()
+                m.bias.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    x0 = torch.randn(3, 6, *size, dtype=torch.float64)
+    go = torch.randn(3, 6, -(-size[0] // stride), -(-size[1] // stride), dtype=torch.float64)
+    for weights in (torch.softmax(torch.randn(8, dtype=torch.float64), 0),
+                    torch.tensor([0.3, -0.5, 0.2, 0.0, 1.1, -0.7, 0.4, 0.9], dtype=torch.float64)):
+        for train, need_x, need_w, need_p in [(True, True, True, True), (True, True, False, True),
+                                              (True, False, True, False), (False, True, True, True)]:
+            results = []
+            for fused in (False, True):
+                m = copy.deepcopy(ref)
+                m.fused = fused
+                m.train(train)
+                m.to(memory_format=torch.channels_last)
+                for p in m.parameters():
+                    p.requires_grad_(need_p)
+                x = x0.clone().requires_grad_(need_x)
+                w = weights.clone().requires_grad_(need_w)
+                out = m(x, w)
+                inputs = [t for t, need in ((x, need_x), (w, need_w)) if need] + (list(m.parameters()) if need_p else [])
+                grads = torch.autograd.grad(out, inputs, go)
+                results.append((out.detach(), grads, [b.clone() for b in m.buffers()]))
+            (o_ref, g_ref, b_ref), (o_fast, g_fast, b_fast) = results
+            assert torch.allclose(o_fast, o_ref, atol=1e-12)
+            for a, b in zip(g_fast, g_ref):
+                assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+            for a, b in zip(b_fast, b_ref):
+                assert torch.equal(a, b) or torch.allclose(a.double(), b.double(), atol=1e-12)

@@ -128,6 +128,11 @@ class SearchConfig:
     # Search may see smaller images than training (e.g. half resolution); None = the data.* value.
     crop_size: list[int] | None = None
     eval_size: list[int] | None = None
+    # Supernet memory vs time (space/fused.py, Supernet.set_recompute): in the cells of the first
+    # N stages, the mixed ops recompute their separable branches' pointwise convs in backward
+    # instead of storing their outputs (4 fewer stored feature maps per edge, one more pointwise
+    # conv per branch in backward). 0: store all (fastest), 3: every stage of the default skeleton.
+    recompute_stages: int = 3
 
 
 @dataclass

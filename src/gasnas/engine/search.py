@@ -65,7 +65,8 @@ def weight_step(supernet: nn.Module, optimizer: torch.optim.Optimizer, criterion
                 images: torch.Tensor, labels: torch.Tensor, grad_clip: float,
                 info: D.DistInfo) -> dict[str, Any]:
     """One SGD step of the supernet weights on a weight-split batch; α and the GGM are frozen
-    (no gradient is computed for them). A non-finite loss skips the update."""
+    (no gradient is computed for them). A non-finite loss skips the update. The weight
+    gradients are freed afterwards, so that the architecture step does not hold them."""
     params = supernet.weight_parameters()
     optimizer.zero_grad(set_to_none=True)
     with frozen(supernet.arch_parameters()):
@@ -78,6 +79,7 @@ def weight_step(supernet: nn.Module, optimizer: torch.optim.Optimizer, criterion
         if grad_clip and grad_clip > 0:
             nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     return {"loss": value, "finite": finite}
 
 
@@ -169,7 +171,8 @@ class SearchRun:
 
         # ---- supernet, optimizers
         torch.manual_seed(cfg.seed)
-        self.supernet = Supernet(cfg.space, self.num_classes).to(self.device)
+        self.supernet = Supernet(cfg.space, self.num_classes,
+                                 recompute_stages=sc.recompute_stages).to(self.device)
         if self.info.enabled:
             # The fused mixed-op path runs F.batch_norm itself; unfuse so that every BatchNorm
             # module computes global statistics (same function, same parameters).

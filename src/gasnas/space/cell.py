@@ -72,10 +72,11 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList(OPS[ops[i]](c, c, stride) for i in self.active)
         self.fused = fused
         self.stride = stride
+        self.recompute = False  # fused path: recompute the separable pointwise outputs in backward
 
     def spec(self) -> tuple[MixedSpec, list[int]]:
         """The fused branches (as weight indices and modules) and the indices of the others."""
-        spec, rest = MixedSpec(self.stride), []
+        spec, rest = MixedSpec(self.stride, recompute=self.recompute), []
         for k, op in enumerate(self.ops):
             kind, i = fusable(op), self.active[k]
             if kind == "identity" and spec.identity is None:

@@ -59,6 +59,7 @@ class MixedSpec:
     pool: int | None = None  # max_pool_3x3 with as many output as input channels
     convs: list[tuple[int, ConvBNReLU]] = field(default_factory=list)
     seps: list[tuple[int, SepConv]] = field(default_factory=list)
+    recompute: bool = False  # recompute the separable branches' pointwise outputs in backward
 
     def params(self) -> list[torch.Tensor]:
         out: list[torch.Tensor] = []
@@ -138,7 +139,15 @@ def _dw_forward(x: torch.Tensor, w: torch.Tensor, stride: int, dilation: int) ->
     xs, _, s, d, mode = _dw_plan(x, stride, dilation)
     if mode == "centre":
         return xs * w[:, 0, 1, 1].view(1, -1, 1, 1)
-    return F.conv2d(xs, w, None, s, d, d, xs.shape[1]).contiguous(memory_format=CL)
+    return _dw_conv(xs, w, s, d)
+
+
+def _dw_conv(x: torch.Tensor, w: torch.Tensor, stride: int, d: int) -> torch.Tensor:
+    """3x3 depthwise conv, padding = dilation d. oneDNN's kernel is slow with large padding
+    (d = 8: 5-10x); zero-padding explicitly and convolving without padding is the same sum."""
+    if d > 4:
+        return F.conv2d(F.pad(x, (d, d, d, d)), w, None, stride, 0, d, x.shape[1]).contiguous(memory_format=CL)
+    return F.conv2d(x, w, None, stride, d, d, x.shape[1]).contiguous(memory_format=CL)
 
 
 def _dw_backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: int, dilation: int,
@@ -155,7 +164,7 @@ def _dw_backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: int
         if mode == "centre":
             gxs = gy * w[:, 0, 1, 1].view(1, -1, 1, 1)
         elif s == 1:  # the transposed conv of a stride-1 'same' conv: the flipped kernel
-            gxs = F.conv2d(gy, w.flip(2, 3), None, 1, d, d, c)
+            gxs = _dw_conv(gy, w.flip(2, 3), 1, d)
         else:  # stride 2, odd dilation (x itself, not subsampled)
             gxs = torch.ops.aten.convolution_backward(
                 gy, x, w, None, [s, s], [d, d], [d, d], False, [0, 0], c, [True, False, False])[0]
@@ -163,12 +172,33 @@ def _dw_backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: int
         if mode == "centre":
             gw = torch.zeros_like(w)
             gw[:, 0, 1, 1] = (gy * xs).sum(dim=(0, 2, 3))
+        elif s == 1 and d > 1:
+            gw = _dw_weight_grad_taps(gy, xs, d)
         else:
             gw = torch.ops.aten.convolution_backward(
                 gy, xs, w, None, [s, s], [d, d], [d, d], False, [0, 0], c, [False, True, False])[1]
     if gx is not None:
         (gx[:, :, ::2, ::2] if sub else gx).add_(gxs)
     return gw
+
+
+def _dw_weight_grad_taps(gy: torch.Tensor, x: torch.Tensor, d: int) -> torch.Tensor:
+    """Weight gradient of a stride-1 3x3 depthwise conv with dilation d (padding d): per tap,
+    Σ gy · x shifted, over the pixels where the shifted x lies inside the map. oneDNN's dilated
+    depthwise weight gradient is 1.2-9x slower (most when the dilation nears the map size)."""
+    n, c, hgt, wid = gy.shape
+    g4, x4 = gy.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1)  # channels last: reduce to C
+    gw = gy.new_zeros(9, c)
+    for i in range(3):
+        di = (i - 1) * d
+        h0, h1 = max(0, -di), min(hgt, hgt - di)
+        for j in range(3):
+            dj = (j - 1) * d
+            w0, w1 = max(0, -dj), min(wid, wid - dj)
+            if h0 < h1 and w0 < w1:
+                torch.sum(g4[:, h0:h1, w0:w1] * x4[:, h0 + di:h1 + di, w0 + dj:w1 + dj], dim=(0, 1, 2),
+                          out=gw[3 * i + j])
+    return gw.t().reshape(c, 1, 3, 3)
 
 
 def _dw_plan_no_copy(x: torch.Tensor, stride: int, dilation: int) -> tuple[bool, int, int, str]:
@@ -181,6 +211,23 @@ def _dw_plan_no_copy(x: torch.Tensor, stride: int, dilation: int) -> tuple[bool,
     return sub, stride, dilation, mode
 
 
+def _sep_pointwise(spec: MixedSpec, x: torch.Tensor, params: list[torch.Tensor], ho: int, wo: int,
+                   keep: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """The separable branches up to their pointwise convs: one channels-last [N, branches·C,
+    Ho, Wo] tensor (branch-major channels), and the depthwise outputs if `keep`."""
+    n, c = x.shape[0], x.shape[1]
+    nb = len(spec.seps)
+    rows = x.new_empty(n * ho * wo, nb, c)
+    ds = [] if keep else None
+    for j, (_, m) in enumerate(spec.seps):
+        dw, pw = params[4 * j], params[4 * j + 1]
+        d = _dw_forward(x, dw, spec.stride, m[0].dilation[0])
+        torch.mm(_rows(d), pw.view(c, c).t(), out=rows[:, j])
+        if keep:
+            ds.append(d)
+    return _image(rows.view(-1, nb * c), n, ho, wo), ds
+
+
 class _BN:
     """One BatchNorm call over the concatenated channels of `mods` (each normalises its own
     channels), with nn.BatchNorm2d's bookkeeping (running statistics, num_batches_tracked)."""
@@ -191,9 +238,10 @@ class _BN:
         self.eps = b0.eps
         self.batch_stats = b0.training or (b0.running_mean is None and b0.running_var is None)
 
-    def forward(self, h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor):
-        """(y, stat_a, stat_b): y = BN(h) with affine (gamma, beta); the statistics for backward:
-        (mean, invstd) of the batch, or the running (mean, var) used in eval."""
+    def forward(self, h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, inplace: bool = False):
+        """(y, stat_a, stat_b): y = BN(h) with affine (gamma, beta) (written over h if `inplace`,
+        on CPU); the statistics for backward: (mean, invstd) of the batch, or the running
+        (mean, var) used in eval."""
         mods, b0 = self.mods, self.mods[0]
         factor = 0.0 if b0.momentum is None else b0.momentum
         update = b0.training and b0.track_running_stats
@@ -206,7 +254,12 @@ class _BN:
         if (not b0.training or b0.track_running_stats) and b0.running_mean is not None:
             rm = b0.running_mean if len(mods) == 1 else torch.cat([b.running_mean for b in mods])
             rv = b0.running_var if len(mods) == 1 else torch.cat([b.running_var for b in mods])
-        y, mean, invstd = torch.native_batch_norm(h, gamma, beta, rm, rv, self.batch_stats, factor, self.eps)
+        if inplace and h.device.type == "cpu":  # statistics first, then elementwise: safe in place
+            mean, invstd = h.new_empty(0), h.new_empty(0)
+            y, mean, invstd = torch.ops.aten.native_batch_norm.out(
+                h, gamma, beta, rm, rv, self.batch_stats, factor, self.eps, out=h, save_mean=mean, save_invstd=invstd)
+        else:
+            y, mean, invstd = torch.native_batch_norm(h, gamma, beta, rm, rv, self.batch_stats, factor, self.eps)
         if update and rm is not None and len(mods) > 1:
             with torch.no_grad():
                 for b, m_i, v_i in zip(mods, rm.chunk(len(mods)), rv.chunk(len(mods))):
@@ -269,26 +322,22 @@ class _MixedOp(torch.autograd.Function):
             idxs = [i for i, _ in spec.seps]
             w = weights[idxs]
             fold = _fold(w)
-            rows = x.new_empty(n * ho * wo, nb, c)
-            for j, (_, m) in enumerate(spec.seps):
-                dw, pw = params[k + 4 * j], params[k + 4 * j + 1]
-                d = _dw_forward(x, dw, s, m[0].dilation[0])
-                torch.mm(_rows(d), pw.view(c, c).t(), out=rows[:, j])
+            h, _ = _sep_pointwise(spec, x, params[k:], ho, wo, keep=False)
             gamma = torch.cat([params[k + 4 * j + 2] for j in range(nb)])
             beta = torch.cat([params[k + 4 * j + 3] for j in range(nb)])
             if fold:
                 wrep = w.repeat_interleave(c)
                 gamma, beta = gamma * wrep, beta * wrep
-            h = _image(rows.view(-1, nb * c), n, ho, wo)
             bn = _BN([m[2] for _, m in spec.seps])
-            y, sa, sb = bn.forward(h, gamma, beta)
+            y, sa, sb = bn.forward(h, gamma, beta, inplace=spec.recompute)
             y3 = _rows(y.relu_()).view(-1, nb, c)
             y3 = y3.sum(1) if fold else (y3 * w.view(1, nb, 1)).sum(1)
             y = _image(y3, n, ho, wo)
             out = y if out is None else out.add_(y)
-            saved += [h, sa, sb]
+            saved += [None if spec.recompute else h, sa, sb]
             ctx.folds.append(fold)
             ctx.bns.append(bn)
+            del h, y, y3
         if spec.pool is not None:
             p = F.max_pool2d(x, 3, s, 1)
             out = p * weights[spec.pool] if out is None else out.addcmul_(p, weights[spec.pool])
@@ -343,9 +392,11 @@ class _MixedOp(torch.autograd.Function):
                 if not fold and need_w:
                     gw[idx] = torch.dot(y.clamp_min(0).reshape(-1), go_rows.reshape(-1))
                 g = torch.ops.aten.threshold_backward(go_rows if fold else go_rows * w, y, 0)
+                del y
                 want_affine = g_gamma or g_beta or (fold and need_w)
                 gh, gg, gb = bn.backward(_image(g, n, ho, wo), h, gam, sa, sb,
                                          [need_x or g_w, want_affine, want_affine])
+                del g, h
                 if fold and need_w:
                     gw[idx] = (gg * gamma).sum() + (gb * beta).sum()
                 if g_gamma:
@@ -376,6 +427,9 @@ class _MixedOp(torch.autograd.Function):
             need_aff = any(need_p[k + 4 * j + 2] or need_p[k + 4 * j + 3] for j in range(nb))
             need_gh = need_x or any(need_dw) or any(need_pw)
             if need_gh or need_aff or need_w:
+                ds = None
+                if spec.recompute:  # the pointwise outputs were not stored: recompute them
+                    h, ds = _sep_pointwise(spec, x, params[k:], ho, wo, keep=need_gh and any(need_pw))
                 scale, shift = bn.scale_shift(sa, sb, gam, bet)
                 y = torch.addcmul(shift, _rows(h), scale).view(-1, nb, c)
                 go3 = go_rows.unsqueeze(1)
@@ -383,9 +437,11 @@ class _MixedOp(torch.autograd.Function):
                     gw[idxs] = torch.einsum("pkc,pc->k", y.clamp_min(0), go_rows)
                 g = torch.ops.aten.threshold_backward(
                     go3.expand(-1, nb, c) if fold else go3 * w.view(1, nb, 1), y, 0)
+                del y
                 want_affine = need_aff or (fold and need_w)
                 gh, gg, gb = bn.backward(_image(g.view(-1, nb * c), n, ho, wo), h, gam, sa, sb,
                                          [need_gh, want_affine, want_affine])
+                del g, h
                 if fold and need_w:
                     gw[idxs] = (gg * gamma + gb * beta).view(nb, c).sum(1)
                 if need_aff:
@@ -403,7 +459,7 @@ class _MixedOp(torch.autograd.Function):
                         ghj = gh_rows[:, j]
                         dil = m[0].dilation[0]
                         if need_pw[j]:
-                            d = _dw_forward(x, dw, s, dil)
+                            d = ds[j] if ds is not None else _dw_forward(x, dw, s, dil)
                             gp[k + 4 * j + 1] = torch.mm(ghj.t(), _rows(d)).view_as(pw)
                         if need_x or need_dw[j]:
                             gd = _image(torch.mm(ghj, pw.view(c, c)), n, ho, wo)

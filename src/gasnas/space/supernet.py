@@ -17,19 +17,32 @@ from gasnas.space.network import SegmentationNet
 
 class Supernet(SegmentationNet):
     def __init__(self, space: SpaceConfig, num_classes: int, alpha_init_std: float = 1e-3,
-                 fast: bool = True) -> None:
-        """`fast` fuses the separable-conv branches of each mixed op and runs channels-last
-        (same function, same parameters; `fast=False` is the plain DARTS-style reference)."""
+                 fast: bool = True, recompute_stages: int = 0) -> None:
+        """`fast` runs every mixed op as one memory-lean autograd Function, channels-last
+        (space/fused.py; same function, same parameters, same gradients up to rounding;
+        `fast=False` is the plain DARTS-style reference). `recompute_stages`: see
+        `set_recompute`."""
         super().__init__(space, num_classes, lambda p: SearchCell(
             space.ops, p.c_prev_prev, p.c_prev, p.c, space.nodes, p.reduction, p.reduction_prev,
             fused=fast), channels_last=fast)
         if fast:
             self.to(memory_format=torch.channels_last)
+        self.set_recompute(recompute_stages)
         edges, n_ops = num_edges(space.nodes), len(space.ops)
         # One α tensor per cell: cells are independent (GAS), unlike DARTS' two shared α.
         self.alphas = nn.ParameterList(
             nn.Parameter(alpha_init_std * torch.randn(edges, n_ops)) for _ in self.plans)
         self.ggm = GCNGuidedModule(n_ops, space.ggm.mode, space.ggm.gamma, space.ggm.embed_dim)
+
+    def set_recompute(self, stages: int) -> None:
+        """In the cells of the first `stages` stages (0: none, 1: the 1/8 stage, ...), the fast
+        mixed ops recompute their separable branches' pointwise convs in backward instead of
+        storing their outputs: 4 fewer stored feature maps per edge for one extra pointwise
+        conv per branch in backward. Early stages have the largest maps, so they save the most
+        memory per extra FLOP."""
+        for plan, cell in zip(self.plans, self.cells):
+            for m in cell.mixed:
+                m.recompute = plan.stage < stages
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.alphas) + list(self.ggm.parameters())
