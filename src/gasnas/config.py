@@ -144,7 +144,7 @@ class TrainConfig:
     optimizer: Literal["sgd", "adamw"] = "sgd"  # adamw: decoupled weight decay, converges in fewer steps
     lr: float = 0.01
     momentum: float = 0.9  # sgd only
-    channels_last: bool = True  # NHWC training (same results up to rounding; faster on CPU)
+    channels_last: bool = True  # NHWC training (same function, other rounding; faster on CPU)
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     ohem_thresh: float = 0.7
