@@ -12,7 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gasnas.space.fused import MixedSpec, fusable, mixed_op, spec_ready
+from gasnas.space.fused import (
+    MixedSpec,
+    factorized_fusable,
+    factorized_reduce,
+    fusable,
+    mixed_op,
+    pointwise_bn_relu,
+    pointwise_fusable,
+    spec_ready,
+)
 from gasnas.space.ops import OPS, ConvBNReLU, FactorizedReduce
 
 
@@ -97,7 +106,8 @@ class MixedOp(nn.Module):
             if spec_ready(spec):
                 out = mixed_op(spec, x, weights)
                 for k in rest:
-                    out = out + weights[self.active[k]] * self.ops[k](x)
+                    op, w = self.ops[k], weights[self.active[k]]
+                    out = out + (factorized_reduce(op, x, w) if factorized_fusable(op) else w * op(x))
                 return out
         return _weighted_sum((weights[self.active[k]], op(x)) for k, op in enumerate(self.ops))
 
@@ -117,6 +127,16 @@ class SearchCell(CellBase):
         super().__init__(c_prev_prev, c_prev, c, nodes, reduction, reduction_prev)
         self.edges = edge_index(nodes)
         self.mixed = nn.ModuleList(MixedOp(ops, c, self.edge_stride(src), fused) for src, _ in self.edges)
+        self.fused = fused
+        self.recompute = False  # fused path: recompute the 1x1 projections' conv outputs in backward
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        if not (self.fused and self.recompute):
+            return super().forward(s0, s1, weights)
+        states = [_project(self.pre0, [s0]), _project(self.pre1, [s1])]
+        for j in range(self.nodes):
+            states.append(self.node(j, states, weights))
+        return _project(self.post, states[2:])
 
     def node(self, j: int, states: list[torch.Tensor], weights: torch.Tensor | None) -> torch.Tensor:
         assert weights is not None, "SearchCell needs per-edge op weights"
@@ -127,6 +147,16 @@ class SearchCell(CellBase):
             y = self.mixed[e](states[src], weights[e])
             out = y if out is None else out + y
         return out
+
+
+def _project(m: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """m(cat(inputs)), through `pointwise_bn_relu` (stores the inputs only) when m is a plain
+    1x1 conv-BN-ReLU."""
+    if pointwise_fusable(m):
+        return pointwise_bn_relu(m, inputs)
+    if len(inputs) == 1 and factorized_fusable(m):
+        return factorized_reduce(m, inputs[0])
+    return m(inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1))
 
 
 class DerivedCell(CellBase):

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gasnas.space.ops import ConvBNReLU, SepConv
+from gasnas.space.ops import ConvBNReLU, FactorizedReduce, SepConv
 
 CL = torch.channels_last
 
@@ -277,9 +277,22 @@ class _BN:
 
     def backward(self, g: torch.Tensor, h: torch.Tensor, gamma: torch.Tensor, a: torch.Tensor,
                  b: torch.Tensor, mask: list[bool]):
-        if self.batch_stats:
-            return torch.ops.aten.native_batch_norm_backward(g, h, gamma, None, None, a, b, True, self.eps, mask)
-        return torch.ops.aten.native_batch_norm_backward(g, h, gamma, a, b, None, None, False, self.eps, mask)
+        """(grad_h, grad_gamma, grad_beta); on CPU grad_h overwrites g (a temporary: per-channel
+        sums first, then elementwise, so in place is safe), which saves a feature-map buffer."""
+        args = (None, None, a, b, True) if self.batch_stats else (a, b, None, None, False)
+        if mask[0] and g.device.type == "cpu":
+            out1, out2 = gamma.new_empty(gamma.shape), gamma.new_empty(gamma.shape)
+            gh, gg, gb = torch.ops.aten.native_batch_norm_backward.out(
+                g, h, gamma, *args, self.eps, [True, True, True], out0=g, out1=out1, out2=out2)
+            return gh, (gg if mask[1] else None), (gb if mask[2] else None)
+        return torch.ops.aten.native_batch_norm_backward(g, h, gamma, *args, self.eps, mask)
+
+
+def _relu_grad(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """grad where y > 0, else 0; written over y (a recomputed temporary) on CPU."""
+    if y.device.type == "cpu":
+        return torch.ops.aten.threshold_backward.grad_input(grad, y, 0, grad_input=y)
+    return torch.ops.aten.threshold_backward(grad, y, 0)
 
 
 def _fold(w: torch.Tensor) -> bool:
@@ -391,7 +404,7 @@ class _MixedOp(torch.autograd.Function):
                 y = torch.addcmul(shift, _rows(h), scale)  # BN output (rows), recomputed
                 if not fold and need_w:
                     gw[idx] = torch.dot(y.clamp_min(0).reshape(-1), go_rows.reshape(-1))
-                g = torch.ops.aten.threshold_backward(go_rows if fold else go_rows * w, y, 0)
+                g = _relu_grad(go_rows if fold else go_rows * w, y)
                 del y
                 want_affine = g_gamma or g_beta or (fold and need_w)
                 gh, gg, gb = bn.backward(_image(g, n, ho, wo), h, gam, sa, sb,
@@ -435,8 +448,7 @@ class _MixedOp(torch.autograd.Function):
                 go3 = go_rows.unsqueeze(1)
                 if not fold and need_w:
                     gw[idxs] = torch.einsum("pkc,pc->k", y.clamp_min(0), go_rows)
-                g = torch.ops.aten.threshold_backward(
-                    go3.expand(-1, nb, c) if fold else go3 * w.view(1, nb, 1), y, 0)
+                g = _relu_grad(go3.expand(-1, nb, c) if fold else go3 * w.view(1, nb, 1), y)
                 del y
                 want_affine = need_aff or (fold and need_w)
                 gh, gg, gb = bn.backward(_image(g.view(-1, nb * c), n, ho, wo), h, gam, sa, sb,
@@ -465,3 +477,167 @@ class _MixedOp(torch.autograd.Function):
                             gd = _image(torch.mm(ghj, pw.view(c, c)), n, ho, wo)
                             gp[k + 4 * j] = _dw_backward(gd, x, dw, s, dil, gx, need_dw[j])
         return (None, gx, gw, *gp)
+
+
+def pointwise_bn_relu(m: ConvBNReLU, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """ReLU(BN(conv1x1(cat(inputs)))) for a 1x1 `ConvBNReLU` (a cell's input preprocessing and
+    output projection), storing only the inputs: the concatenation and the conv output are
+    recomputed in backward (one 1x1 conv), instead of keeping both (autograd keeps the
+    concatenation for the conv and the conv output for BatchNorm)."""
+    return _PointwiseBNReLU.apply(m[1], len(inputs), *inputs, m[0].weight, m[1].weight, m[1].bias)
+
+
+def pointwise_fusable(m: nn.Module) -> bool:
+    return (fusable(m) == "conv" and m[0].kernel_size == (1, 1) and m[0].stride == (1, 1)
+            and m[0].padding == (0, 0) and type(m[1]) is nn.BatchNorm2d and m[1].affine)
+
+
+def _cat_rows(inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
+    return _rows(x.contiguous(memory_format=CL))
+
+
+class _PointwiseBNReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, bn_mod: nn.Module, n_in: int, *tensors: torch.Tensor):
+        inputs, (wc, gamma, beta) = tensors[:n_in], tensors[n_in:]
+        n, _, hgt, wid = inputs[0].shape
+        c_out = wc.shape[0]
+        h = _image(torch.mm(_cat_rows(inputs), wc.view(c_out, -1).t()), n, hgt, wid)
+        bn = _BN([bn_mod])
+        y, sa, sb = bn.forward(h, gamma, beta, inplace=True)
+        ctx.bn, ctx.n_in = bn, n_in
+        ctx.save_for_backward(*inputs, wc, gamma, beta, sa, sb)
+        return y.relu_()
+
+    @staticmethod
+    def backward(ctx, go: torch.Tensor):
+        *inputs, wc, gamma, beta, sa, sb = ctx.saved_tensors
+        need = ctx.needs_input_grad[2:]
+        need_in, (need_w, need_g, need_b) = need[:ctx.n_in], need[ctx.n_in:]
+        n, c_out, hgt, wid = go.shape
+        bn = ctx.bn
+        x = _cat_rows(tuple(inputs))
+        w2 = wc.view(c_out, -1)
+        h = torch.mm(x, w2.t())  # the conv output, recomputed (rows)
+        scale, shift = bn.scale_shift(sa, sb, gamma, beta)
+        g = _relu_grad(_rows(go.contiguous(memory_format=CL)), torch.addcmul(shift, h, scale))
+        gh, gg, gb = bn.backward(_image(g, n, hgt, wid), _image(h, n, hgt, wid), gamma, sa, sb,
+                                 [any(need_in) or need_w, need_g, need_b])
+        del g, h
+        grads: list[torch.Tensor | None] = [None] * (ctx.n_in + 3)
+        if any(need_in) or need_w:
+            gh = _rows(gh.contiguous(memory_format=CL))
+            if need_w:
+                grads[ctx.n_in] = torch.mm(gh.t(), x).view_as(wc)
+            if any(need_in):
+                gx = _image(torch.mm(gh, w2), n, hgt, wid)
+                k = 0
+                for i, t in enumerate(inputs):
+                    if need_in[i]:
+                        grads[i] = gx[:, k:k + t.shape[1]]
+                    k += t.shape[1]
+        grads[ctx.n_in + 1] = gg if need_g else None
+        grads[ctx.n_in + 2] = gb if need_b else None
+        return (None, None, *grads)
+
+
+def factorized_reduce(m: FactorizedReduce, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """[weight ·] m(x) for a FactorizedReduce (two 1x1 stride-2 convs, one offset by a pixel, BN,
+    ReLU), storing only x: the strided inputs, conv outputs and BN input are recomputed in
+    backward (autograd would keep a padded copy of x, the concatenation and the ReLU output)."""
+    args = (x, m.conv_a.weight, m.conv_b.weight, m.bn.weight, m.bn.bias)
+    if weight is None:
+        return _FactorizedReduce.apply(m.bn, *args)
+    return _FactorizedReduce.apply(m.bn, *args, weight)
+
+
+def factorized_fusable(m: nn.Module) -> bool:
+    return (type(m) is FactorizedReduce and type(m.bn) is nn.BatchNorm2d and m.bn.affine
+            and m.conv_a.bias is None and m.conv_b.bias is None)
+
+
+def _fr_conv(x: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """cat(conv_a(x[::2, ::2]), conv_b(x shifted by one pixel)[::2, ::2]) as a channels-last
+    image, and the strided inputs as rows (for the weight gradients)."""
+    n, _, hgt, wid = x.shape
+    ho, wo = (hgt + 1) // 2, (wid + 1) // 2
+    hb, wb_ = hgt // 2, wid // 2  # x[1::2, 1::2]; the rest of conv_b's output sees the zero pad
+    ca, cb = wa.shape[0], wb.shape[0]
+    xa = _rows(x[:, :, ::2, ::2].contiguous(memory_format=CL))
+    xb = _rows(x[:, :, 1::2, 1::2].contiguous(memory_format=CL))
+    h = x.new_empty(n, ho, wo, ca + cb)
+    torch.mm(xa, wa.view(ca, -1).t(), out=h.view(-1, ca + cb)[:, :ca])
+    if (hb, wb_) == (ho, wo):
+        torch.mm(xb, wb.view(cb, -1).t(), out=h.view(-1, ca + cb)[:, ca:])
+    else:
+        h[..., ca:].zero_()
+        h[:, :hb, :wb_, ca:] = torch.mm(xb, wb.view(cb, -1).t()).view(n, hb, wb_, cb)
+    return h.permute(0, 3, 1, 2), (xa, xb, hb, wb_)
+
+
+class _FactorizedReduce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, bn_mod: nn.Module, x: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor,
+                gamma: torch.Tensor, beta: torch.Tensor, weight: torch.Tensor | None = None):
+        x = x.contiguous(memory_format=CL)
+        h, _ = _fr_conv(x, wa, wb)
+        fold = weight is not None and _fold(weight)
+        bn = _BN([bn_mod])
+        y, sa, sb = bn.forward(h, gamma * weight if fold else gamma, beta * weight if fold else beta, inplace=True)
+        y.relu_()
+        if weight is not None and not fold:
+            y = y * weight
+        ctx.bn, ctx.fold, ctx.weighted = bn, fold, weight is not None
+        ctx.save_for_backward(x, wa, wb, gamma, beta, sa, sb, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, go: torch.Tensor):
+        x, wa, wb, gamma, beta, sa, sb, weight = ctx.saved_tensors
+        _, need_x, need_wa, need_wb, need_g, need_b, *rest = ctx.needs_input_grad
+        need_w = bool(rest and rest[0])
+        bn, fold = ctx.bn, ctx.fold
+        go = go.contiguous(memory_format=CL)
+        n, c, ho, wo = go.shape
+        gam, bet = (gamma * weight, beta * weight) if fold else (gamma, beta)
+        h, (xa, xb, hb, wb_) = _fr_conv(x, wa, wb)
+        h_rows = _rows(h)
+        scale, shift = bn.scale_shift(sa, sb, gam, bet)
+        y = torch.addcmul(shift, h_rows, scale)
+        go_rows = _rows(go)
+        gw = None
+        if ctx.weighted and not fold:
+            if need_w:
+                gw = torch.dot(y.clamp_min(0).reshape(-1), go_rows.reshape(-1)).reshape(weight.shape)
+            go_rows = go_rows * weight
+        g = _relu_grad(go_rows, y)
+        del y
+        want_affine = need_g or need_b or (fold and need_w)
+        need_h = need_x or need_wa or need_wb
+        gh, gg, gb = bn.backward(_image(g, n, ho, wo), h, gam, sa, sb, [need_h, want_affine, want_affine])
+        del g, h, h_rows
+        if fold and need_w:
+            gw = ((gg * gamma).sum() + (gb * beta).sum()).reshape(weight.shape)
+        if fold:
+            gg = gg * weight if need_g else None
+            gb = gb * weight if need_b else None
+        ggam = gg if need_g else None
+        gbet = gb if need_b else None
+        gx = gwa = gwb = None
+        if need_h:
+            ca = wa.shape[0]
+            gh = gh.contiguous(memory_format=CL).permute(0, 2, 3, 1)  # [N, Ho, Wo, C] (contiguous)
+            gha = gh.reshape(-1, c)[:, :ca]
+            ghb = (gh.reshape(-1, c)[:, ca:] if (hb, wb_) == (ho, wo)
+                   else gh[:, :hb, :wb_, ca:].reshape(-1, c - ca))
+            if need_wa:
+                gwa = torch.mm(gha.t(), xa).view_as(wa)
+            if need_wb:
+                gwb = torch.mm(ghb.t(), xb).view_as(wb)
+            if need_x:
+                nb_, c_in, hgt, wid = x.shape
+                gx = torch.zeros_like(x, memory_format=CL)
+                gx[:, :, ::2, ::2] = _image(torch.mm(gha, wa.view(ca, -1)), nb_, ho, wo)
+                gx[:, :, 1::2, 1::2] = _image(torch.mm(ghb, wb.view(c - ca, -1)), nb_, hb, wb_)
+        return (None, gx, gwa, gwb, ggam, gbet, gw)[:len(ctx.needs_input_grad)]

@@ -36,11 +36,13 @@ class Supernet(SegmentationNet):
 
     def set_recompute(self, stages: int) -> None:
         """In the cells of the first `stages` stages (0: none, 1: the 1/8 stage, ...), the fast
-        mixed ops recompute their separable branches' pointwise convs in backward instead of
-        storing their outputs: 4 fewer stored feature maps per edge for one extra pointwise
-        conv per branch in backward. Early stages have the largest maps, so they save the most
-        memory per extra FLOP."""
+        path recomputes 1x1 convs in backward instead of storing their outputs: the mixed ops'
+        separable pointwise convs (4 fewer stored feature maps per edge) and the cell's input
+        and output projections (their conv outputs and the concatenation of the nodes: 4 maps
+        per cell), for one extra 1x1 conv each in backward. Early stages have the largest maps,
+        so they save the most memory per extra FLOP."""
         for plan, cell in zip(self.plans, self.cells):
+            cell.recompute = plan.stage < stages
             for m in cell.mixed:
                 m.recompute = plan.stage < stages
 
