@@ -84,7 +84,15 @@ class MixedOp(nn.Module):
         self.recompute = False  # fused path: recompute the separable pointwise outputs in backward
 
     def spec(self) -> tuple[MixedSpec, list[int]]:
-        """The fused branches (as weight indices and modules) and the indices of the others."""
+        """The fused branches (as weight indices and modules) and the indices of the others
+        (built once: the ops of a MixedOp do not change)."""
+        cached = self.__dict__.get("_spec")
+        if cached is None:
+            cached = self.__dict__["_spec"] = self._build_spec()
+        cached[0].recompute = self.recompute
+        return cached
+
+    def _build_spec(self) -> tuple[MixedSpec, list[int]]:
         spec, rest = MixedSpec(self.stride, recompute=self.recompute), []
         for k, op in enumerate(self.ops):
             kind, i = fusable(op), self.active[k]
@@ -98,7 +106,7 @@ class MixedOp(nn.Module):
                 spec.seps.append((i, op))
             else:
                 rest.append(k)
-        return spec, rest
+        return spec.finalize(), rest
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.fused:

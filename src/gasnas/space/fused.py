@@ -61,16 +61,26 @@ class MixedSpec:
     seps: list[tuple[int, SepConv]] = field(default_factory=list)
     recompute: bool = False  # recompute the separable branches' pointwise outputs in backward
 
-    def params(self) -> list[torch.Tensor]:
-        out: list[torch.Tensor] = []
+    def finalize(self) -> MixedSpec:
+        """Cache what forward/backward read (module lookups in Sequential are slow)."""
+        self.src = []
         for _, m in self.convs:
-            out += [m[0].weight, m[1].weight, m[1].bias]
+            self.src += [(m[0], "weight"), (m[1], "weight"), (m[1], "bias")]
         for _, m in self.seps:
-            out += [m[0].weight, m[1].weight, m[2].weight, m[2].bias]
-        return out
+            self.src += [(m[0], "weight"), (m[1], "weight"), (m[2], "weight"), (m[2], "bias")]
+        self.conv_bns = [m[1] for _, m in self.convs]
+        self.sep_bns = [m[2] for _, m in self.seps]
+        self.conv_geom = [(list(m[0].stride), list(m[0].padding), list(m[0].dilation)) for _, m in self.convs]
+        self.conv_idx = [i for i, _ in self.convs]
+        self.sep_idx = [i for i, _ in self.seps]
+        self.sep_dil = [m[0].dilation[0] for _, m in self.seps]
+        return self
+
+    def params(self) -> list[torch.Tensor]:
+        return [getattr(m, name) for m, name in self.src]
 
     def batchnorms(self) -> list[nn.Module]:
-        return [m[1] for _, m in self.convs] + [m[2] for _, m in self.seps]
+        return self.conv_bns + self.sep_bns
 
 
 def fusable(m: nn.Module) -> str | None:
@@ -219,9 +229,9 @@ def _sep_pointwise(spec: MixedSpec, x: torch.Tensor, params: list[torch.Tensor],
     nb = len(spec.seps)
     rows = x.new_empty(n * ho * wo, nb, c)
     ds = [] if keep else None
-    for j, (_, m) in enumerate(spec.seps):
+    for j, dil in enumerate(spec.sep_dil):
         dw, pw = params[4 * j], params[4 * j + 1]
-        d = _dw_forward(x, dw, spec.stride, m[0].dilation[0])
+        d = _dw_forward(x, dw, spec.stride, dil)
         torch.mm(_rows(d), pw.view(c, c).t(), out=rows[:, j])
         if keep:
             ds.append(d)
@@ -312,13 +322,13 @@ class _MixedOp(torch.autograd.Function):
         ctx.folds = []
         ctx.bns = []
         k = 0
-        for idx, m in spec.convs:  # conv → BN → ReLU, weighted
-            wc, gamma, beta = params[k:k + 3]
+        for idx, bn_mod, (stride, padding, dilation) in zip(spec.conv_idx, spec.conv_bns, spec.conv_geom):
+            wc, gamma, beta = params[k:k + 3]  # conv → BN → ReLU, weighted
             k += 3
             w = weights[idx]
             fold = _fold(w)
-            bn = _BN([m[1]])
-            h = F.conv2d(x, wc, None, m[0].stride, m[0].padding, m[0].dilation).contiguous(memory_format=CL)
+            bn = _BN([bn_mod])
+            h = F.conv2d(x, wc, None, stride, padding, dilation).contiguous(memory_format=CL)
             y, sa, sb = bn.forward(h, gamma * w if fold else gamma, beta * w if fold else beta)
             y.relu_()
             if out is None:
@@ -332,7 +342,7 @@ class _MixedOp(torch.autograd.Function):
             ctx.bns.append(bn)
         if spec.seps:
             nb = len(spec.seps)
-            idxs = [i for i, _ in spec.seps]
+            idxs = spec.sep_idx
             w = weights[idxs]
             fold = _fold(w)
             h, _ = _sep_pointwise(spec, x, params[k:], ho, wo, keep=False)
@@ -341,7 +351,7 @@ class _MixedOp(torch.autograd.Function):
             if fold:
                 wrep = w.repeat_interleave(c)
                 gamma, beta = gamma * wrep, beta * wrep
-            bn = _BN([m[2] for _, m in spec.seps])
+            bn = _BN(spec.sep_bns)
             y, sa, sb = bn.forward(h, gamma, beta, inplace=spec.recompute)
             y3 = _rows(y.relu_()).view(-1, nb, c)
             y3 = y3.sum(1) if fold else (y3 * w.view(1, nb, 1)).sum(1)
@@ -358,7 +368,7 @@ class _MixedOp(torch.autograd.Function):
             out = x * weights[spec.identity] if out is None else out.addcmul_(x, weights[spec.identity])
         if out is None:
             out = x.new_zeros(n, c, ho, wo).contiguous(memory_format=CL)
-        ctx.spec = spec
+        ctx.spec, ctx.recompute = spec, spec.recompute
         ctx.save_for_backward(x, weights, *params, *saved)
         ctx.n_params = len(params)
         return out
@@ -385,15 +395,15 @@ class _MixedOp(torch.autograd.Function):
             wp = weights[spec.pool]
             if need_x:
                 p, ind = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], [s, s], [1, 1])
-                gx.add_(torch.ops.aten.max_pool2d_with_indices_backward(
-                    go * wp, x, [3, 3], [s, s], [1, 1], [1, 1], False, ind))
+                gx.addcmul_(torch.ops.aten.max_pool2d_with_indices_backward(
+                    go, x, [3, 3], [s, s], [1, 1], [1, 1], False, ind), wp)
             elif need_w:
                 p = F.max_pool2d(x, 3, s, 1)
             if need_w:
                 gw[spec.pool] = _dot(go, p)
         go_rows = _rows(go)
         k = 0  # parameter offset
-        for b_i, (idx, m) in enumerate(spec.convs):
+        for b_i, (idx, (stride, padding, dilation)) in enumerate(zip(spec.conv_idx, spec.conv_geom)):
             wc, gamma, beta = params[k:k + 3]
             h, sa, sb = saved[3 * b_i:3 * b_i + 3]
             w, fold, bn = weights[idx], ctx.folds[b_i], ctx.bns[b_i]
@@ -418,8 +428,8 @@ class _MixedOp(torch.autograd.Function):
                     gp[k + 2] = gb * w if fold else gb
                 if need_x or g_w:
                     gxc, gwc, _ = torch.ops.aten.convolution_backward(
-                        gh.contiguous(memory_format=CL), x, wc, None, list(m[0].stride), list(m[0].padding),
-                        list(m[0].dilation), False, [0, 0], 1, [need_x, g_w, False])
+                        gh.contiguous(memory_format=CL), x, wc, None, stride, padding, dilation,
+                        False, [0, 0], 1, [need_x, g_w, False])
                     if need_x:
                         gx.add_(gxc)
                     gp[k] = gwc
@@ -429,7 +439,7 @@ class _MixedOp(torch.autograd.Function):
             b_i = len(spec.convs)
             h, sa, sb = saved[3 * b_i:3 * b_i + 3]
             fold, bn = ctx.folds[b_i], ctx.bns[b_i]
-            idxs = [i for i, _ in spec.seps]
+            idxs = spec.sep_idx
             w = weights[idxs]
             gamma = torch.cat([params[k + 4 * j + 2] for j in range(nb)])
             beta = torch.cat([params[k + 4 * j + 3] for j in range(nb)])
@@ -441,7 +451,7 @@ class _MixedOp(torch.autograd.Function):
             need_gh = need_x or any(need_dw) or any(need_pw)
             if need_gh or need_aff or need_w:
                 ds = None
-                if spec.recompute:  # the pointwise outputs were not stored: recompute them
+                if ctx.recompute:  # the pointwise outputs were not stored: recompute them
                     h, ds = _sep_pointwise(spec, x, params[k:], ho, wo, keep=need_gh and any(need_pw))
                 scale, shift = bn.scale_shift(sa, sb, gam, bet)
                 y = torch.addcmul(shift, _rows(h), scale).view(-1, nb, c)
@@ -466,10 +476,9 @@ class _MixedOp(torch.autograd.Function):
                             gp[k + 4 * j + 3] = gb[j * c:(j + 1) * c]
                 if need_gh:
                     gh_rows = _rows(gh.contiguous(memory_format=CL)).view(-1, nb, c)
-                    for j, (_, m) in enumerate(spec.seps):
+                    for j, dil in enumerate(spec.sep_dil):
                         dw, pw = params[k + 4 * j], params[k + 4 * j + 1]
                         ghj = gh_rows[:, j]
-                        dil = m[0].dilation[0]
                         if need_pw[j]:
                             d = ds[j] if ds is not None else _dw_forward(x, dw, s, dil)
                             gp[k + 4 * j + 1] = torch.mm(ghj.t(), _rows(d)).view_as(pw)
