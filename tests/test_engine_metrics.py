@@ -12,7 +12,7 @@ from torch import nn
 
 from gasnas.engine.checkpoint import rng_state, set_rng_state
 from gasnas.engine.evaluate import evaluate, predict
-from gasnas.engine.losses import CrossEntropy, OhemCrossEntropy
+from gasnas.engine.losses import CrossEntropy, OhemCrossEntropy, class_weights
 from gasnas.engine.metrics import (
     confusion_matrix,
     format_table,
@@ -128,6 +128,41 @@ def test_ohem_and_ce() -> None:
     # everything ignored: 0, still differentiable
     all_ign = torch.full_like(target, IGN)
     assert OhemCrossEntropy(IGN)(logits, all_ign).item() == 0.0
+
+
+def test_class_weights_formulas() -> None:
+    counts = [600, 300, 100, 0]  # class 3 never occurs
+    p = np.array([0.6, 0.3, 0.1])
+    enet = 1 / np.log(1.02 + p)
+    assert class_weights(counts, "enet") == pytest.approx(list(enet / enet.mean()) + [1.0])
+    mf = np.median(p) / p
+    assert class_weights(counts, "median_freq") == pytest.approx(list(mf / mf.mean()) + [1.0])
+    w = class_weights(counts, "median_freq")
+    assert w[2] > w[1] > w[0]  # rarer → heavier
+    assert class_weights(counts, "none") is None
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        class_weights([0, 0], "enet")
+
+
+def test_weighted_ohem_weighs_kept_pixels_by_class() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 5, 6, requires_grad=True)
+    target = torch.randint(0, 3, (2, 5, 6))
+    target[1, 0, :] = IGN
+    weight = [0.5, 1.0, 2.0]
+    per_px = nn.functional.cross_entropy(logits, target, ignore_index=IGN, reduction="none")
+    valid = target != IGN
+    w_px = torch.tensor(weight)[target[valid]]
+    # every pixel kept: weighted sum over the number of labelled pixels
+    got = OhemCrossEntropy(IGN, 1.0, 10, weight)(logits, target)
+    assert got.item() == pytest.approx((per_px[valid] * w_px).sum().item() / valid.sum().item(), rel=1e-6)
+    # hard pixels are chosen on the UNWEIGHTED loss, then weighted
+    losses = per_px[valid]
+    idx = losses.topk(7).indices
+    got = OhemCrossEntropy(IGN, 1e-9, 7, weight)(logits, target)
+    assert got.item() == pytest.approx((losses[idx] * w_px[idx]).mean().item(), rel=1e-6)
+    got.backward()
+    assert torch.isfinite(logits.grad).all()
 
 
 def test_epoch_batches_shard_resume_and_seeds() -> None:

@@ -99,3 +99,28 @@ def test_train_peer_with_the_same_loop_and_eval_reads_it(tmp_path_factory, singl
     assert main(["train", "--peer", "resnet9000", "-c", str(cfg.run_dir / "train" / "config.yaml"),
                  "--run-dir", str(tmp / "y")]) == 2
     assert "--peer resnet9000" in capsys.readouterr().err
+
+
+def test_class_weighted_training_counts_pixels_and_records_weights(tmp_path_factory, single_thread) -> None:  # noqa: F811
+    import numpy as np
+
+    from gasnas.data import build_dataset
+    from gasnas.data.datasets import map_label, read_label
+    from gasnas.engine.losses import class_weights
+
+    data = data_root(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("train-cw")
+    cfg = tiny_config(data, tmp, "cw", "train.class_weighting=median_freq", "train.epochs=1")
+    ds = build_dataset(cfg.data, cfg.data.train_split, train=True)
+    counts = ds.class_pixel_counts()
+    manual = np.zeros(11, dtype=np.int64)
+    for pair, lut in zip(ds.pairs, ds.luts):
+        ids = map_label(read_label(pair.label), lut)
+        for c in range(11):
+            manual[c] += int((ids == c).sum())
+    assert counts.tolist() == manual.tolist() and counts.sum() > 0
+
+    best = run_train(cfg, random_genotype(cfg, tmp / "genotype.json"), show_progress=False)
+    _, meta = load_derived_checkpoint(best)
+    assert meta["class_weights"] == pytest.approx(class_weights(counts, "median_freq"))
+    assert meta["config"]["train"]["class_weighting"] == "median_freq"

@@ -149,6 +149,9 @@ class TrainConfig:
     poly_power: float = 0.9
     ohem_thresh: float = 0.7
     ohem_min_kept: int = 10000
+    # Class-balanced loss: weights from the training split's pixel counts (engine/losses.py
+    # class_weights): enet = 1/ln(1.02 + p), median_freq = median(p)/p; none = unweighted.
+    class_weighting: Literal["none", "enet", "median_freq"] = "none"
     aux_weight: float = 0.4
     eval_every: int = 5
     max_steps_per_epoch: int | None = None

@@ -99,6 +99,18 @@ class SegmentationDataset(Dataset):
         """Untransformed (RGB uint8 [H,W,3], train ids uint8 [H,W]) — for viewing and checks."""
         return load_pair(self.pairs[index], self.luts[index])
 
+    def class_pixel_counts(self, progress: bool = False) -> np.ndarray:
+        """Labelled pixels per class over the whole split, from the untransformed labels only
+        (no image is decoded): what class-balanced losses weigh by. int64 [K]."""
+        from tqdm import tqdm
+
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        for pair, lut in tqdm(list(zip(self.pairs, self.luts)), desc="class frequencies", unit="label",
+                              disable=not progress, leave=False):
+            ids = map_label(read_label(pair.label), lut)
+            counts += np.bincount(ids.ravel(), minlength=256)[: self.num_classes]
+        return counts
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img, lbl = self.load_raw(index)
         image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)

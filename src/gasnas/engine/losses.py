@@ -1,4 +1,5 @@
-"""Segmentation losses shared by search and training: cross-entropy and OHEM cross-entropy.
+"""Segmentation losses shared by search and training: cross-entropy and OHEM cross-entropy,
+optionally class-weighted (`class_weights`: ENet's 1/ln(1.02 + p) or median-frequency balancing).
 
 Both ignore `ignore_index` pixels and are normalised by the number of counted pixels of the
 WHOLE (global) batch: with W data-parallel processes each process returns
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +26,32 @@ def _global_mean(loss_sum: torch.Tensor, count: int | torch.Tensor, info: DistIn
     if info is not None:
         all_reduce_sum(total, info)
     return loss_sum * world / total.clamp(min=1.0)[0]
+
+
+def class_weights(pixel_counts: np.ndarray | list[int], mode: str) -> list[float] | None:
+    """Per-class loss weights from the training split's pixel counts, scaled to mean 1 over the
+    classes that occur (so the loss keeps its scale); classes that never occur get weight 1.
+
+    `enet`: w_c = 1 / ln(1.02 + p_c) (Paszke et al., ENet 2016), bounded for rare classes;
+    `median_freq`: w_c = median(p) / p_c (Eigen & Fergus 2015, SegNet's CamVid recipe);
+    `none`: no weights (None).
+    """
+    if mode == "none":
+        return None
+    counts = np.asarray(pixel_counts, dtype=np.float64)
+    present = counts > 0
+    if not present.any():
+        raise ValueError("class weights: the training split has no labelled pixel")
+    p = counts / counts.sum()
+    w = np.ones_like(p)
+    if mode == "enet":
+        w[present] = 1.0 / np.log(1.02 + p[present])
+    elif mode == "median_freq":
+        w[present] = np.median(p[present]) / p[present]
+    else:
+        raise ValueError(f"unknown class weighting {mode!r} (none, enet, median_freq)")
+    w[present] /= w[present].mean()
+    return [float(v) for v in w]
 
 
 class CrossEntropy(nn.Module):
@@ -43,27 +71,40 @@ class OhemCrossEntropy(nn.Module):
     """Online hard example mining: keep the pixels whose true-class probability is below
     `thresh` (loss above -log thresh); if fewer than `min_kept` are that hard, keep the
     `min_kept` hardest ones. `thresh >= 1` keeps every labelled pixel (plain cross-entropy).
+    With `weight` (one per class), the kept pixels' losses are weighted by their class; which
+    pixels count as hard is decided on the unweighted loss (the probability threshold).
 
     With W processes each keeps at least ceil(min_kept / W) of its own pixels (the threshold
     itself is global, so this differs from one process only when min_kept decides).
     """
 
-    def __init__(self, ignore_index: int = 255, thresh: float = 0.7, min_kept: int = 10000) -> None:
+    def __init__(self, ignore_index: int = 255, thresh: float = 0.7, min_kept: int = 10000,
+                 weight: list[float] | None = None) -> None:
         super().__init__()
         self.ignore_index, self.thresh, self.min_kept = ignore_index, float(thresh), int(min_kept)
+        self.register_buffer("weight", None if weight is None else torch.tensor(weight, dtype=torch.float32),
+                             persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, info: DistInfo | None = None) -> torch.Tensor:
         per_pixel = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")
-        losses = per_pixel[target != self.ignore_index]
+        valid = target != self.ignore_index
+        losses = per_pixel[valid]
+        factor = self.weight.to(losses.device, losses.dtype)[target[valid]] if self.weight is not None else None
         if self.thresh < 1.0 and losses.numel() > 0:
             world = info.world if info is not None else 1
             min_kept = min(losses.numel(), math.ceil(self.min_kept / world))
-            hard = losses[losses > -math.log(max(self.thresh, 1e-12))]
-            if hard.numel() < min_kept:
-                hard = torch.topk(losses, min_kept, sorted=False).values
-            losses = hard
-        return _global_mean(losses.sum(), losses.numel(), info)
+            keep = (losses > -math.log(max(self.thresh, 1e-12))).nonzero().squeeze(1)
+            if keep.numel() < min_kept:
+                keep = torch.topk(losses, min_kept, sorted=False).indices
+            losses = losses[keep]
+            factor = factor[keep] if factor is not None else None
+        total = (losses * factor).sum() if factor is not None else losses.sum()
+        return _global_mean(total, losses.numel(), info)
 
 
-def build_criterion(ignore_index: int, ohem: bool, thresh: float = 0.7, min_kept: int = 10000) -> nn.Module:
-    return OhemCrossEntropy(ignore_index, thresh, min_kept) if ohem else CrossEntropy(ignore_index)
+def build_criterion(ignore_index: int, ohem: bool, thresh: float = 0.7, min_kept: int = 10000,
+                    weight: list[float] | None = None) -> nn.Module:
+    """OHEM cross-entropy (`ohem`) or cross-entropy, class-weighted when `weight` is given."""
+    if ohem or weight is not None:
+        return OhemCrossEntropy(ignore_index, thresh if ohem else 1.0, min_kept, weight)
+    return CrossEntropy(ignore_index)

@@ -34,7 +34,7 @@ from gasnas.config import Config
 from gasnas.engine import checkpoint as ckpt_io
 from gasnas.engine import distributed as D
 from gasnas.engine.evaluate import evaluate
-from gasnas.engine.losses import OhemCrossEntropy
+from gasnas.engine.losses import build_criterion, class_weights
 from gasnas.engine.metrics import nan_to_none
 from gasnas.engine.runtime import (
     MetricsLog,
@@ -148,13 +148,20 @@ class TrainRun:
             D.sync_batchnorm(self.model)
             D.broadcast_module(self.model, self.info)
         self.aux = self.genotype is not None and bool(self.genotype.space.aux_heads)
-        self.criterion = OhemCrossEntropy(cfg.data.ignore_index, tc.ohem_thresh, tc.ohem_min_kept)
+        self.class_weights = None
+        if tc.class_weighting != "none":
+            counts = self.train_ds.class_pixel_counts(progress=self.show)
+            self.class_weights = class_weights(counts, tc.class_weighting)
+            log(f"class weights ({tc.class_weighting}): " + ", ".join(
+                f"{n} {w:.2f}" for n, w in zip(self.class_names, self.class_weights)), self.main)
+        self.criterion = build_criterion(cfg.data.ignore_index, True, tc.ohem_thresh, tc.ohem_min_kept,
+                                         self.class_weights)
         self.optimizer = make_optimizer(self.model, tc)
         self.meta_base = {
             "class_names": self.class_names, "palette": self.palette.tolist(),
             "mean": list(MEAN), "std": list(STD), "dataset": cfg.data.format,
             "data_root": cfg.data.root, "config": cfg.to_dict(), "config_name": cfg.name,
-            "seed": cfg.seed, "genotype_source": genotype_source,
+            "seed": cfg.seed, "genotype_source": genotype_source, "class_weights": self.class_weights,
         }
 
         self.epoch, self.step, self.global_step = 0, 0, 0
