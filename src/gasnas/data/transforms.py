@@ -1,13 +1,13 @@
 """Paired image/label transforms on torchvision.transforms.v2.
 
 The label travels as a `tv_tensors.Mask`, so every geometric op (resize, crop, pad, flip) is
-dispatched to its mask kernel: nearest interpolation only, padding with the ignore value 255.
+dispatched to its mask kernel: nearest(-exact) interpolation only, padding with the ignore value 255.
 Colour ops touch the image alone.
 
 train: random scale (data.scale_range) → pad (image 0, label 255) + random crop (data.crop_size)
        → horizontal flip (data.flip) → colour jitter (data.color_jitter; 0 disables)
        → float + ImageNet normalisation
-eval:  optional fixed resize to data.eval_size (label nearest) → float + normalisation
+eval:  optional fixed resize to data.eval_size (label nearest-exact) → float + normalisation
 """
 
 from __future__ import annotations
@@ -32,8 +32,20 @@ def denormalize(t: torch.Tensor) -> torch.Tensor:
     return (t * std + mean).clamp(0.0, 1.0)
 
 
+def resize_pair_member(inpt: Any, size: list[int]) -> Any:
+    """Resize an image (bilinear, antialiased) or a label (`tv_tensors.Mask`: nearest-EXACT).
+
+    The mask must sample at pixel centres like the bilinear image does: torchvision's default
+    `NEAREST` maps output pixel i to input floor(i · in/out), half a pixel up-left of where the
+    image's pixel i comes from, so a 1-px pole's label would land beside it in the image.
+    """
+    if isinstance(inpt, tv_tensors.Mask):
+        return F.resize(inpt, size, interpolation=InterpolationMode.NEAREST_EXACT)
+    return F.resize(inpt, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
 class RandomScale(v2.Transform):
-    """Resize by one factor drawn uniformly from [lo, hi] (image bilinear, mask nearest)."""
+    """Resize by one factor drawn uniformly from [lo, hi] (image bilinear, mask nearest-exact)."""
 
     def __init__(self, lo: float, hi: float):
         super().__init__()
@@ -45,7 +57,18 @@ class RandomScale(v2.Transform):
         return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return F.resize(inpt, params["size"], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        return resize_pair_member(inpt, params["size"])
+
+
+class FixedResize(v2.Transform):
+    """Resize to one size (image bilinear, mask nearest-exact)."""
+
+    def __init__(self, size: list[int]):
+        super().__init__()
+        self.size = list(size)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return resize_pair_member(inpt, self.size)
 
 
 class SegTransform:
@@ -90,7 +113,7 @@ def train_transform(
 def eval_transform(eval_size: list[int] | None = None) -> SegTransform:
     ops: list[Any] = []
     if eval_size is not None:
-        ops.append(v2.Resize(list(eval_size), interpolation=InterpolationMode.BILINEAR, antialias=True))
+        ops.append(FixedResize(list(eval_size)))
     return SegTransform(ops)
 
 
