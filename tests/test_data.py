@@ -16,6 +16,7 @@ from data_fixtures import (
     write_png,
 )
 from PIL import Image
+from torchvision.transforms import v2
 
 from gasnas.cli import main
 from gasnas.config import DataConfig
@@ -212,6 +213,17 @@ def test_train_transform_with_jitter_only_changes_the_image():
         label[:8, :8] = 255
         _, lbl = t(image, label)
         assert set(lbl.unique().tolist()) <= {0, 1, 2, 255}
+
+
+def test_hue_jitter_is_its_own_knob():
+    def jitter(t):
+        return [op for op in t.pipeline.transforms if isinstance(op, v2.ColorJitter)]
+
+    assert jitter(train_transform([8, 8], [1, 1], False, 0.2))[0].hue == (-0.05, 0.05)  # default: color/4
+    only_bcs = jitter(train_transform([8, 8], [1, 1], False, 0.2, hue_jitter=0.0))[0]
+    assert only_bcs.hue is None and only_bcs.brightness == (0.8, 1.2)
+    assert jitter(train_transform([8, 8], [1, 1], False, 0.0, hue_jitter=0.1))[0].brightness is None
+    assert not jitter(train_transform([8, 8], [1, 1], False, 0.0))
 
 
 def test_eval_transform_resizes_label_nearest():

@@ -47,7 +47,8 @@ class DataConfig:
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     eval_size: list[int] | None = None
     flip: bool = True
-    color_jitter: float = 0.2
+    color_jitter: float = 0.2  # brightness, contrast and saturation factors in [1 - x, 1 + x]
+    hue_jitter: float | None = None  # hue shift in [-x, x]; None: color_jitter / 4 (hue costs ~4 ms per 176x224 image on CPU)
     workers: int = 0
     max_train_images: int | None = None
     max_val_images: int | None = None

@@ -5,7 +5,7 @@ dispatched to its mask kernel: nearest(-exact) interpolation only, padding with 
 Colour ops touch the image alone.
 
 train: random scale (data.scale_range) → pad (image 0, label 255) + random crop (data.crop_size)
-       → horizontal flip (data.flip) → colour jitter (data.color_jitter; 0 disables)
+       → horizontal flip (data.flip) → colour jitter (data.color_jitter, data.hue_jitter; 0 disables)
        → float + ImageNet normalisation
 eval:  optional fixed resize to data.eval_size (label nearest-exact) → float + normalisation
 """
@@ -92,6 +92,7 @@ def train_transform(
     scale_range: list[float] = (0.5, 2.0),
     flip: bool = True,
     color_jitter: float = 0.2,
+    hue_jitter: float | None = None,
 ) -> SegTransform:
     ops: list[Any] = []
     lo, hi = scale_range
@@ -104,9 +105,10 @@ def train_transform(
     )
     if flip:
         ops.append(v2.RandomHorizontalFlip(p=0.5))
-    if color_jitter > 0:
+    hue = min(0.5, float(color_jitter) / 4 if hue_jitter is None else float(hue_jitter))
+    if color_jitter > 0 or hue > 0:
         s = float(color_jitter)
-        ops.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(0.5, s / 4)))
+        ops.append(v2.ColorJitter(brightness=s or None, contrast=s or None, saturation=s or None, hue=hue or None))
     return SegTransform(ops)
 
 
@@ -120,5 +122,6 @@ def eval_transform(eval_size: list[int] | None = None) -> SegTransform:
 def build_transform(cfg: Any, train: bool) -> SegTransform:
     """The transform a `DataConfig` asks for."""
     if train:
-        return train_transform(cfg.crop_size, cfg.scale_range, cfg.flip, cfg.color_jitter)
+        return train_transform(cfg.crop_size, cfg.scale_range, cfg.flip, cfg.color_jitter,
+                               cfg.hue_jitter)
     return eval_transform(cfg.eval_size)
