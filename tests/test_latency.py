@@ -213,6 +213,16 @@ def test_loss_modes_value_and_gradient_sign(mode: str) -> None:
             assert float(loss) == pytest.approx(lam * (e_val / 10.0 - 1.0)) and float(e.grad) > 0
 
 
+def test_target_loss_budget_scale_moves_the_hinge() -> None:
+    cfg = LatencyConfig(loss="target", target_ms=10.0)
+    e = torch.tensor(15.0, requires_grad=True)
+    assert float(latency_loss(e, cfg, 1.0)) == pytest.approx(0.5)  # 15 ms against 10
+    out = latency_loss(e, cfg, 1.0, budget_scale=2.0)  # the derived net is half of E[Lat]: 7.5 ms
+    out.backward()
+    assert float(out) == 0.0 and float(e.grad) == 0.0
+    assert float(latency_loss(torch.tensor(30.0), cfg, 1.0, budget_scale=2.0)) == pytest.approx(0.5)
+
+
 def test_target_loss_needs_a_budget() -> None:
     with pytest.raises(GasnasError, match="target_ms"):
         latency_loss(torch.tensor(3.0), LatencyConfig(loss="target"), 1.0)

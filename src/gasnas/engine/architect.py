@@ -44,6 +44,7 @@ class Architect:
                  latency_cfg: Any, info: D.DistInfo | None = None) -> None:
         self.supernet, self.estimator, self.criterion = supernet, estimator, criterion
         self.latency_cfg = latency_cfg
+        self.budget_scale = 1.0  # set by the search each epoch (latency.target_basis: derived)
         self.info = info or D.DistInfo()
         self.params = list(supernet.arch_parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=search_cfg.a_lr,
@@ -56,7 +57,7 @@ class Architect:
 
         ce = self.criterion(self.supernet(images), labels, self.info)
         expected_ms = self.estimator.expected_ms(self.supernet.op_weights())
-        lat = latency_loss(expected_ms, self.latency_cfg, lam)
+        lat = latency_loss(expected_ms, self.latency_cfg, lam, self.budget_scale)
         return {"loss": ce + lat, "ce": ce, "lat_loss": lat, "expected_ms": expected_ms}
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, lam: float) -> dict[str, float]:

@@ -191,12 +191,32 @@ class SearchRun:
         # ---- position
         lc = cfg.latency
         self.lam = float(lc.target_weight if lc.loss == "target" else lc.weight)
+        self._initial_budget_scale()
         self.epoch, self.step, self.global_step = 0, 0, 0
         self.accum = _new_accum()
         if resume is not None:
             self._restore(resume)
         elif self.main:
             self.metrics.reset()
+
+    # ------------------------------------------------------------------ latency budget
+
+    def _set_budget_scale(self, expected_ms: float, predicted_ms: float) -> None:
+        """`target` mode with `latency.target_basis: derived`: the hinge bounds the derived net,
+        so E[Lat] is compared with T · E[Lat]/predicted(derived), both from the same α'."""
+        lc = self.cfg.latency
+        if lc.loss == "target" and lc.target_basis == "derived" and predicted_ms > 0 and expected_ms > 0:
+            self.architect.budget_scale = float(expected_ms / predicted_ms)
+
+    def _initial_budget_scale(self) -> None:
+        if self.cfg.latency.loss != "target" or self.cfg.latency.target_basis != "derived":
+            return
+        from gasnas.space.genotype import derive_genotype
+
+        with torch.no_grad():
+            expected = float(self.estimator.expected_ms(self.supernet.op_weights()))
+        predicted = float(self.estimator.predict(derive_genotype(self.supernet, {}, None)))
+        self._set_budget_scale(expected, predicted)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -208,6 +228,7 @@ class SearchRun:
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.architect.state_dict(),
             "lambda": self.lam,
+            "budget_scale": self.architect.budget_scale,
             "epoch": self.epoch,
             "step": self.step,
             "global_step": self.global_step,
@@ -234,6 +255,7 @@ class SearchRun:
         self.w_optimizer.load_state_dict(ck["w_optimizer"])
         self.architect.load_state_dict(ck["a_optimizer"])
         self.lam = float(ck["lambda"])
+        self.architect.budget_scale = float(ck.get("budget_scale", 1.0))
         ckpt_io.restore_position(self, ck)
         log(f"resumed {self.run_dir} at {ckpt_io.position_text(self.epoch, self.step)}", self.main)
 
@@ -319,7 +341,8 @@ class SearchRun:
         genotype.provenance["measured_latency_ms"] = measured
         result = evaluate(self.supernet, self.val_loader, self.num_classes, cfg.data.ignore_index,
                           info=self.info, class_names=self.class_names)
-        lam_used = self.lam
+        lam_used, scale_used = self.lam, self.architect.budget_scale
+        self._set_budget_scale(expected, genotype.predicted_latency_ms)
         if cfg.latency.loss == "target" and e >= cfg.search.warmup_epochs:
             from gasnas.latency import adapt_lambda
 
@@ -333,6 +356,7 @@ class SearchRun:
             "lr": self.w_optimizer.param_groups[0]["lr"],
             "lambda": lam_used,
             "lambda_next": self.lam,
+            "budget_scale": scale_used,
             "w_loss": _mean(self.accum["w_loss"], self.accum["w_n"]),
             "a_loss": _mean(self.accum["a_loss"], self.accum["a_n"]),
             "a_ce": _mean(self.accum["a_ce"], self.accum["a_n"]),

@@ -150,8 +150,11 @@ class LatencyEstimator:
 # --------------------------------------------------------------------------- loss and λ
 
 
-def latency_loss(expected_ms: torch.Tensor, lat_cfg: LatencyConfig, lam: float) -> torch.Tensor:
-    """The latency term added to the architecture loss (see the module docstring)."""
+def latency_loss(expected_ms: torch.Tensor, lat_cfg: LatencyConfig, lam: float,
+                 budget_scale: float = 1.0) -> torch.Tensor:
+    """The latency term added to the architecture loss (see the module docstring).
+    `budget_scale` r: in `target` mode the hinge compares E[Lat] with r·T (r = E[Lat] /
+    predicted latency of the derived net, `latency.target_basis: derived`)."""
     mode = lat_cfg.loss
     if mode == "linear":
         return lam * expected_ms
@@ -161,7 +164,7 @@ def latency_loss(expected_ms: torch.Tensor, lat_cfg: LatencyConfig, lam: float) 
     if mode == "target":
         if not lat_cfg.target_ms or lat_cfg.target_ms <= 0:
             raise GasnasError("config key 'latency.target_ms': a positive budget is required when latency.loss is 'target'")
-        return lam * torch.relu(expected_ms / lat_cfg.target_ms - 1.0)
+        return lam * torch.relu(expected_ms / (lat_cfg.target_ms * budget_scale) - 1.0)
     raise GasnasError(f"config key 'latency.loss': unknown mode {mode!r} (linear, log, target)")
 
 
