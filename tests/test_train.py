@@ -124,3 +124,22 @@ def test_class_weighted_training_counts_pixels_and_records_weights(tmp_path_fact
     _, meta = load_derived_checkpoint(best)
     assert meta["class_weights"] == pytest.approx(class_weights(counts, "median_freq"))
     assert meta["config"]["train"]["class_weighting"] == "median_freq"
+
+
+def test_class_weighting_without_labelled_pixels_is_a_one_line_error(tmp_path_factory, single_thread,  # noqa: F811
+                                                                      monkeypatch, capsys) -> None:
+    import numpy as np
+
+    from gasnas.data.datasets import SegmentationDataset
+
+    data = data_root(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("train-cw-empty")
+    cfg = tiny_config(data, tmp, "cwe", "train.class_weighting=enet", "train.epochs=1")
+    genotype = random_genotype(cfg, tmp / "genotype.json")
+    recipe = tmp / "cwe.yaml"
+    recipe.write_text(cfg.dump())
+    monkeypatch.setattr(SegmentationDataset, "class_pixel_counts", lambda self, progress=False: np.zeros(11, np.int64))
+    assert main(["train", "--genotype", str(genotype), "--config", str(recipe), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(data) in err[0] and "train.class_weighting=enet" in err[0]
+    assert not (cfg.run_dir / "train" / "last.pt").exists()

@@ -191,25 +191,29 @@ class SearchRun:
         # ---- position
         lc = cfg.latency
         self.lam = float(lc.target_weight if lc.loss == "target" else lc.weight)
-        self._initial_budget_scale()
         self.epoch, self.step, self.global_step = 0, 0, 0
         self.accum = _new_accum()
         if resume is not None:
-            self._restore(resume)
-        elif self.main:
-            self.metrics.reset()
+            self._restore(resume)  # restores the budget scale too
+        else:
+            self._initial_budget_scale()
+            if self.main:
+                self.metrics.reset()
 
     # ------------------------------------------------------------------ latency budget
 
-    def _set_budget_scale(self, expected_ms: float, predicted_ms: float) -> None:
+    def _budget_bounds_derived(self) -> bool:
         """`target` mode with `latency.target_basis: derived`: the hinge bounds the derived net,
         so E[Lat] is compared with T · E[Lat]/predicted(derived), both from the same α'."""
         lc = self.cfg.latency
-        if lc.loss == "target" and lc.target_basis == "derived" and predicted_ms > 0 and expected_ms > 0:
+        return lc.loss == "target" and lc.target_basis == "derived"
+
+    def _set_budget_scale(self, expected_ms: float, predicted_ms: float) -> None:
+        if self._budget_bounds_derived() and predicted_ms > 0 and expected_ms > 0:
             self.architect.budget_scale = float(expected_ms / predicted_ms)
 
     def _initial_budget_scale(self) -> None:
-        if self.cfg.latency.loss != "target" or self.cfg.latency.target_basis != "derived":
+        if not self._budget_bounds_derived():
             return
         from gasnas.space.genotype import derive_genotype
 

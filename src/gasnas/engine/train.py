@@ -151,6 +151,9 @@ class TrainRun:
         self.class_weights = None
         if tc.class_weighting != "none":
             counts = self.train_ds.class_pixel_counts(progress=self.show)
+            if not counts.any():
+                raise GasnasError(f"{cfg.data.root} split '{cfg.data.train_split}': no labelled pixel, so "
+                                  f"train.class_weighting={tc.class_weighting} has nothing to weigh")
             self.class_weights = class_weights(counts, tc.class_weighting)
             log(f"class weights ({tc.class_weighting}): " + ", ".join(
                 f"{n} {w:.2f}" for n, w in zip(self.class_names, self.class_weights)), self.main)
