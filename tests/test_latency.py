@@ -289,6 +289,45 @@ def test_measure_genotype_ms(table: LatencyTable) -> None:
     assert ms > 0 and math.isfinite(ms)
 
 
+def test_isolated_measurement_runs_in_a_child_and_reports_its_errors() -> None:
+    from gasnas.latency.isolated import measure_genotype_isolated
+
+    t = measure_genotype_isolated(one_op_genotype("conv_3x3"), LAT, threads=1, rounds=2,
+                                  reference=one_op_genotype("skip_connect"))
+    assert len(t.medians_ms) == len(t.reference_ms) == 2
+    assert all(ms > 0 and math.isfinite(ms) for ms in t.medians_ms + t.reference_ms)
+    assert t.ratio > 1.0  # 3x3 convs on every edge cost more than skips
+    with pytest.raises(GasnasError, match="subprocess failed: .*warp_conv"):
+        measure_genotype_isolated(one_op_genotype("warp_conv"), LAT, threads=1)
+
+
+def test_calm_latency_scales_ratios_by_the_calmest_reference(monkeypatch) -> None:
+    from gasnas.latency import isolated
+    from gasnas.latency.sampling import genotype_signature
+
+    timings = iter([isolated.IsolatedTiming([10.0, 12.0]),  # first net: the reference
+                    isolated.IsolatedTiming([6.0, 9.0], [12.0, 15.0]),  # a slow phase: ratio 0.55
+                    isolated.IsolatedTiming([4.0], [8.0])])  # a calmer phase for the reference
+    calls = []
+
+    def fake(genotype, lat_cfg, threads, rounds, reference):
+        calls.append(reference)
+        return next(timings)
+
+    monkeypatch.setattr(isolated, "measure_genotype_isolated", fake)
+    calm = isolated.CalmLatency(LAT, threads=1, rounds=2)
+    a, b, c = (one_op_genotype(op) for op in ("skip_connect", "conv_3x3", "sep_conv_3x3"))
+    assert calm.measure(a) == 10.0 and calls[0] is None
+    assert calm.measure(a) == 10.0 and len(calls) == 1  # known genotype: not timed again
+    assert calm.measure(b) == pytest.approx(5.5)
+    assert genotype_signature(calls[1]) == genotype_signature(a)  # timed beside the reference
+    assert calm.measure(c) == pytest.approx(4.0)
+    assert calm.ms(genotype_signature(b)) == pytest.approx(0.55 * 8.0)  # re-scaled by the calmer phase
+    restored = isolated.CalmLatency(LAT, threads=1)
+    restored.load_state_dict(json.loads(json.dumps(calm.state_dict())))
+    assert restored.ms(genotype_signature(a)) == pytest.approx(8.0)
+
+
 # --------------------------------------------------------------------------- sampling, validate
 
 

@@ -125,10 +125,10 @@ def test_target_mode_adapts_lambda_from_measured_latency(tmp_path_factory, singl
         assert r["lambda_next"] == pytest.approx(adapt_lambda(r["lambda"], r["measured_ms"], 0.01, 2.0))
         assert r["lambda_next"] == pytest.approx(2 * r["lambda"])  # 0.01 ms is unreachable: λ doubles
     assert rows[2]["lambda"] == pytest.approx(2 * rows[1]["lambda"])
-    # target_basis derived: each epoch's hinge used T · E[Lat]/predicted(derived) of the α' at
-    # the end of the epoch before (the first: of the initial α')
+    # target_basis measured (default): each epoch's hinge used T · E[Lat]/measured(derived) of
+    # the α' at the end of the epoch before (the first, before any measurement: the prediction)
     for prev, r in zip(rows, rows[1:]):
-        assert r["budget_scale"] == pytest.approx(prev["expected_ms"] / prev["predicted_ms"], rel=1e-5)
+        assert r["budget_scale"] == pytest.approx(prev["expected_ms"] / prev["measured_ms"], rel=1e-5)
     assert rows[0]["budget_scale"] > 1.0  # the softmax mixture costs more than the derived net
     g = Genotype.load(cfg.run_dir / "genotype.json")
     assert g.provenance["target_ms"] == 0.01 and g.provenance["within_target"] is False

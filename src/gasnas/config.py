@@ -103,12 +103,15 @@ class LatencyConfig:
     weight: float = 0.002
     target_ms: float | None = None
     target_weight: float = 1.0  # initial λ in `target` mode: the hinge λ·max(0, E/T - 1) is relative, not in ms
-    # `target` mode: what the budget T bounds. `derived`: the net derived from α' — the hinge
-    # compares E[Lat] with T·r, r = E[Lat] / predicted latency of the derived net, re-estimated
-    # from α' at every epoch end (E[Lat] of the softmax mixture exceeds the derived net's
-    # latency, 45-59 vs 28-31 ms in a CamVid search, so a hinge on E[Lat] alone keeps pulling
-    # toward free ops long after the derived net is under budget). `expected`: E[Lat] itself.
-    target_basis: Literal["derived", "expected"] = "derived"
+    # `target` mode: what the budget T bounds. `measured`: the derived net as measured — the
+    # hinge compares E[Lat] with T·r, r = E[Lat] / the derived net's latency measured at the
+    # last epoch end (search.measure_derived; the LUT prediction where nothing is measured).
+    # E[Lat] of the softmax mixture exceeds the derived net's latency (45-59 vs 28-31 ms in a
+    # CamVid search), so a hinge on E[Lat] alone keeps pulling toward free ops long after the
+    # derived net is under budget; and the table predicted 15-20% above what the demo's
+    # derived nets measured, so a budget in table units landed 17-18% under T.
+    # `derived`: r uses the LUT-predicted latency of the derived net. `expected`: E[Lat] itself.
+    target_basis: Literal["measured", "derived", "expected"] = "measured"
     log_beta: float = 0.6
     adapt_factor: float = 2.0
     calibrate_samples: int = 16  # derived nets measured to calibrate a new table (0: raw table sum)
@@ -130,6 +133,12 @@ class SearchConfig:
     a_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     a_weight_decay: float = 1e-3
     measure_derived: bool = True
+    # Time the derived net in a fresh subprocess beside a reference net and report it on the
+    # calm-phase scale (latency/isolated.py): inside the search process the same net measured
+    # 16-56 ms across epochs, and this VM's speed varies ~1.4x in phases. `measure_rounds`
+    # alternating rounds of each net.
+    measure_isolated: bool = True
+    measure_rounds: int = 3
     max_steps_per_epoch: int | None = None
     ohem: bool = False  # OHEM cross-entropy in the search loss (uses train.ohem_thresh / ohem_min_kept)
     # Search may see smaller images than training (e.g. half resolution); None = the data.* value.

@@ -59,7 +59,7 @@ def run_demo(cfg: Config, with_peers: bool = True, show_progress: bool = True) -
     from gasnas.engine.train import LAST as TRAIN_LAST
     from gasnas.engine.train import run_train
     from gasnas.fileio import write_json_atomic, write_text_atomic
-    from gasnas.latency import measure_genotype_ms
+    from gasnas.latency.isolated import measure_genotype_isolated
     from gasnas.space.complexity import count_flops, count_params
     from gasnas.space.derived import load_derived_checkpoint
     from gasnas.space.genotype import Genotype
@@ -116,7 +116,7 @@ def run_demo(cfg: Config, with_peers: bool = True, show_progress: bool = True) -
 
     stage("latency")
     predicted = genotype.predicted_latency_ms
-    measured = measure_genotype_ms(genotype, cfg.latency)
+    measured = measure_genotype_isolated(genotype, cfg.latency).ms  # fresh process, best of 3 rounds
     done("latency")
 
     stage("bench")

@@ -44,7 +44,7 @@ class Architect:
                  latency_cfg: Any, info: D.DistInfo | None = None) -> None:
         self.supernet, self.estimator, self.criterion = supernet, estimator, criterion
         self.latency_cfg = latency_cfg
-        self.budget_scale = 1.0  # set by the search each epoch (latency.target_basis: derived)
+        self.budget_scale = 1.0  # set by the search each epoch (latency.target_basis)
         self.info = info or D.DistInfo()
         self.params = list(supernet.arch_parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=search_cfg.a_lr,

@@ -133,6 +133,7 @@ class SearchRun:
         from gasnas.config import search_data_config
         from gasnas.data import build_dataset, class_names
         from gasnas.latency import LatencyEstimator
+        from gasnas.latency.isolated import CalmLatency
         from gasnas.space.supernet import Supernet
 
         self.cfg, self.rt, self.run_dir = cfg, rt, run_dir
@@ -193,6 +194,8 @@ class SearchRun:
         self.lam = float(lc.target_weight if lc.loss == "target" else lc.weight)
         self.epoch, self.step, self.global_step = 0, 0, 0
         self.accum = _new_accum()
+        threads = lc.threads or lut.env.get("threads") or torch.get_num_threads()
+        self.calm = CalmLatency(lc, int(threads), sc.measure_rounds)  # derived nets' latency, one scale
         if resume is not None:
             self._restore(resume)  # restores the budget scale too
         else:
@@ -202,18 +205,26 @@ class SearchRun:
 
     # ------------------------------------------------------------------ latency budget
 
-    def _budget_bounds_derived(self) -> bool:
-        """`target` mode with `latency.target_basis: derived`: the hinge bounds the derived net,
-        so E[Lat] is compared with T · E[Lat]/predicted(derived), both from the same α'."""
+    def _budget_bounds_net(self) -> bool:
+        """`target` mode with `latency.target_basis` measured or derived: the hinge bounds the
+        derived net, so E[Lat] is compared with T · E[Lat]/latency(derived), both from one α'."""
         lc = self.cfg.latency
-        return lc.loss == "target" and lc.target_basis == "derived"
+        return lc.loss == "target" and lc.target_basis in ("measured", "derived")
 
-    def _set_budget_scale(self, expected_ms: float, predicted_ms: float) -> None:
-        if self._budget_bounds_derived() and predicted_ms > 0 and expected_ms > 0:
-            self.architect.budget_scale = float(expected_ms / predicted_ms)
+    def _set_budget_scale(self, expected_ms: float, predicted_ms: float, measured_ms: float | None = None) -> None:
+        """r = E[Lat] / the derived net's latency: measured (basis `measured`, when there is a
+        measurement), else LUT-predicted."""
+        if not self._budget_bounds_net():
+            return
+        net_ms = predicted_ms
+        if self.cfg.latency.target_basis == "measured" and measured_ms is not None and measured_ms > 0:
+            net_ms = measured_ms
+        if net_ms > 0 and expected_ms > 0:
+            self.architect.budget_scale = float(expected_ms / net_ms)
 
     def _initial_budget_scale(self) -> None:
-        if not self._budget_bounds_derived():
+        """Before any epoch has measured the derived net, the scale uses its LUT prediction."""
+        if not self._budget_bounds_net():
             return
         from gasnas.space.genotype import derive_genotype
 
@@ -233,6 +244,7 @@ class SearchRun:
             "a_optimizer": self.architect.state_dict(),
             "lambda": self.lam,
             "budget_scale": self.architect.budget_scale,
+            "calm_latency": self.calm.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "global_step": self.global_step,
@@ -260,6 +272,7 @@ class SearchRun:
         self.architect.load_state_dict(ck["a_optimizer"])
         self.lam = float(ck["lambda"])
         self.architect.budget_scale = float(ck.get("budget_scale", 1.0))
+        self.calm.load_state_dict(ck.get("calm_latency", {}))
         ckpt_io.restore_position(self, ck)
         log(f"resumed {self.run_dir} at {ckpt_io.position_text(self.epoch, self.step)}", self.main)
 
@@ -322,14 +335,25 @@ class SearchRun:
             self._check_stop(stop)
 
     def _measure(self, genotype: Any) -> float | None:
-        """Measured latency of the derived net on rank 0 (shared with the others)."""
+        """Measured latency of the derived net on rank 0 (shared with the others). With
+        `search.measure_isolated`: timed in a fresh subprocess beside a reference net, once per
+        distinct genotype, on the calm-phase scale of latency/isolated.py `CalmLatency`."""
         from gasnas.latency import measure_genotype_ms
 
+        sc = self.cfg.search
         ms = None
-        if self.cfg.search.measure_derived and self.main:
-            with torch.random.fork_rng(devices=[]):
-                ms = float(measure_genotype_ms(genotype, self.cfg.latency))
+        if sc.measure_derived and self.main:
+            if sc.measure_isolated:
+                ms = self.calm.measure(genotype)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    ms = float(measure_genotype_ms(genotype, self.cfg.latency))
         return D.broadcast_object(ms, self.info)
+
+    def _latency_ratio(self, genotype: Any) -> float | None:
+        from gasnas.latency.sampling import genotype_signature
+
+        return self.calm.ratios.get(genotype_signature(genotype))
 
     def _end_epoch(self) -> None:
         from gasnas.space.genotype import derive_genotype
@@ -346,7 +370,7 @@ class SearchRun:
         result = evaluate(self.supernet, self.val_loader, self.num_classes, cfg.data.ignore_index,
                           info=self.info, class_names=self.class_names)
         lam_used, scale_used = self.lam, self.architect.budget_scale
-        self._set_budget_scale(expected, genotype.predicted_latency_ms)
+        self._set_budget_scale(expected, genotype.predicted_latency_ms, measured)
         if cfg.latency.loss == "target" and e >= cfg.search.warmup_epochs:
             from gasnas.latency import adapt_lambda
 
@@ -368,6 +392,9 @@ class SearchRun:
             "expected_ms": expected,
             "predicted_ms": genotype.predicted_latency_ms,
             "measured_ms": measured,
+            # the measured net's latency / the reference net's: select_final re-scales it with
+            # the reference's calmest timing at the end of the search
+            "latency_ratio": self._latency_ratio(genotype) if measured is not None else None,
             "val_miou": result["miou"],
             "val_pixel_acc": result["pixel_acc"],
             "alpha_entropy": entropy,
@@ -409,6 +436,16 @@ class SearchRun:
 
     # ------------------------------------------------------------------ the end
 
+    def measured_ms(self, row: dict[str, Any]) -> float | None:
+        """An epoch's measured latency as known at the end: its ratio to the reference net times
+        the reference's calmest timing of the whole search (else the logged number)."""
+        from gasnas.latency.isolated import calm_ms
+
+        calm = getattr(self, "calm", None)
+        if row.get("latency_ratio") is not None and calm is not None and math.isfinite(calm.reference_calm_ms):
+            return calm_ms(row["latency_ratio"], calm.reference_calm_ms)
+        return row.get("measured_ms")
+
     def select_final(self) -> tuple[int, dict[str, Any]]:
         """Which epoch's genotype becomes genotype.json: the last one, except with a latency
         target, where it is the latest post-warm-up one measured within ±10% of the target
@@ -423,7 +460,8 @@ class SearchRun:
         pool = [r for r in rows if r.get("phase") == "search"] or rows
 
         def ms(r: dict[str, Any]) -> float:
-            return r["measured_ms"] if r.get("measured_ms") is not None else r["predicted_ms"]
+            measured = SearchRun.measured_ms(self, r)
+            return measured if measured is not None else r["predicted_ms"]
 
         inside = [r for r in pool if abs(ms(r) - target) <= TARGET_TOLERANCE * target]
         if inside:
@@ -443,8 +481,9 @@ class SearchRun:
             epoch, row = self.select_final()
             genotype = Genotype.load(self.run_dir / row["genotype"])
             target = self.cfg.latency.target_ms
-            measured = row.get("measured_ms")
-            genotype.provenance.update(selected_epoch=epoch, search_epochs=self.cfg.search.epochs)
+            measured = self.measured_ms(row)
+            genotype.provenance.update(selected_epoch=epoch, search_epochs=self.cfg.search.epochs,
+                                       measured_latency_ms=measured)
             if self.cfg.latency.loss == "target" and target:
                 basis = measured if measured is not None else genotype.predicted_latency_ms
                 genotype.provenance["within_target"] = abs(basis - target) <= TARGET_TOLERANCE * target

@@ -154,7 +154,7 @@ def latency_loss(expected_ms: torch.Tensor, lat_cfg: LatencyConfig, lam: float,
                  budget_scale: float = 1.0) -> torch.Tensor:
     """The latency term added to the architecture loss (see the module docstring).
     `budget_scale` r: in `target` mode the hinge compares E[Lat] with r·T (r = E[Lat] /
-    predicted latency of the derived net, `latency.target_basis: derived`)."""
+    measured or predicted latency of the derived net, `latency.target_basis`)."""
     mode = lat_cfg.loss
     if mode == "linear":
         return lam * expected_ms
