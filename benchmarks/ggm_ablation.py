@@ -85,22 +85,22 @@ def main() -> None:
 
 
 def report(out: Path, config: str, sets: list[str]) -> None:
-    """Re-measure each genotype's latency (one process, same settings) and tabulate."""
-    import dataclasses
-
+    """Re-measure each genotype's latency the way the searches measure (fresh processes, beside
+    the `adjacent` search's reference net, calm-phase scale: latency/isolated.py) and tabulate."""
     from gasnas.config import load_config
-    from gasnas.latency import measure_genotype_ms
+    from gasnas.latency.isolated import calm_measure
     from gasnas.space.genotype import Genotype
 
     cfg = load_config(config, sets)
-    lat = dataclasses.replace(cfg.latency, repeats=20)
+    names = ("adjacent", "none", "random")
+    genotypes = [Genotype.load(out / name / "genotype.json") for name in names]
+    measured, _ = calm_measure(genotypes, cfg.latency, Genotype.load(out / "adjacent" / "genotype_epoch1.json"))
     rows = {}
-    for name in ("adjacent", "none", "random"):
-        g = Genotype.load(out / name / "genotype.json")
+    for name, g, ms in zip(names, genotypes, measured):
         metrics = [json.loads(x) for x in (out / name / "train" / "metrics.jsonl").read_text().splitlines() if x]
         best = max((r for r in metrics if r.get("val_miou") is not None), key=lambda r: r["val_miou"])
         rows[name] = {"val_miou": best["val_miou"], "epoch": best["epoch"], "predicted_ms": g.predicted_latency_ms,
-                      "measured_ms": measure_genotype_ms(g, lat)}
+                      "measured_ms": ms}
     lines = ["| genotype | val mIoU | measured ms | predicted ms |", "|---|---:|---:|---:|"]
     labels = {"adjacent": "search, GGM adjacent", "none": "search, GGM none", "random": "random, matched latency"}
     for name, r in rows.items():

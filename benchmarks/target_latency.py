@@ -81,7 +81,7 @@ def space_range(est, space, num_classes: int) -> tuple[Any, Any]:
 def measure(out: Path, targets: list[float], repeats: int, config: str, sets: list[str]) -> None:
     from gasnas.config import load_config
     from gasnas.latency import LatencyEstimator, LatencyTable
-    from gasnas.latency.isolated import calm_ms, measure_genotype_isolated
+    from gasnas.latency.isolated import calm_measure
     from gasnas.space.genotype import Genotype
 
     cfg = load_config(config, sets)
@@ -94,9 +94,7 @@ def measure(out: Path, targets: list[float], repeats: int, config: str, sets: li
     est = LatencyEstimator(cfg.space, cfg.data.num_classes, table, cfg.latency.input_size, cfg.latency)
     finals = [Genotype.load(out / f"T{t:g}" / "genotype.json") for t in targets]
     ends = space_range(est, cfg.space, cfg.data.num_classes)
-    timings = [measure_genotype_isolated(g, lat, rounds=5, reference=reference) for g in [*finals, *ends]]
-    calm_ref = min(t.reference_calm_ms for t in timings)
-    measured = [calm_ms(t.ratio, calm_ref) for t in timings]
+    measured, calm_ref = calm_measure([*finals, *ends], lat, reference)
     rows = []
     for t, g, ms in zip(targets, finals, measured):
         rows.append({"target_ms": t, "measured_ms": ms, "error": (ms - t) / t,

@@ -96,6 +96,15 @@ def calm_ms(ratio: float, reference_calm_ms: float) -> float:
     return ratio * reference_calm_ms
 
 
+def calm_measure(genotypes: list[Any], lat_cfg: LatencyConfig, reference: Any, rounds: int = 5,
+                 threads: int | None = None) -> tuple[list[float], float]:
+    """Each genotype's latency on the calm-phase scale (each timed in its own fresh process
+    beside `reference`), and the reference's calmest round they are scaled by."""
+    timings = [measure_genotype_isolated(g, lat_cfg, threads, rounds, reference) for g in genotypes]
+    calm_ref = min(t.reference_calm_ms for t in timings)
+    return [calm_ms(t.ratio, calm_ref) for t in timings], calm_ref
+
+
 class CalmLatency:
     """Latencies of a search's derived nets on one scale: each net's ratio to a reference net
     (the first one measured), times the reference's calmest median so far. Each distinct
