@@ -148,6 +148,12 @@ def test_final_genotype_selection_with_a_target() -> None:
     assert SearchRun.select_final(fake(rows))[0] == 2  # latest post-warm-up epoch within ±10%
     assert SearchRun.select_final(fake(rows[:1] + rows[2:]))[0] == 4  # none within: closest
     assert SearchRun.select_final(fake(rows, loss="linear"))[0] == 4  # no target: the last
+    # with calm-phase ratios, the end-of-search reference scale decides, not the logged ms
+    scaled = [{**r, "latency_ratio": r["measured_ms"] / 20.0} for r in rows]
+    run = fake(scaled)
+    run.calm = SimpleNamespace(reference_calm_ms=20.0 * 10.0 / 12.0)  # calmer: 12 ms now reads 10
+    assert SearchRun.select_final(run)[0] == 4
+    assert SearchRun.measured_ms(run, scaled[3]) == pytest.approx(10.0)
 
 
 def test_nan_stops_with_one_line_and_keeps_last_checkpoint(tmp_path_factory, single_thread, monkeypatch, capsys) -> None:  # noqa: F811
