@@ -8,13 +8,18 @@ space/fused.py), stepped like engine/search.py `weight_step` and engine/architec
 `Architect.step`: the weights step freezes α and the GGM (no α gradients), the α step freezes
 the weights (no weight gradients). Both variants hold the same parameters; their outputs are
 compared first (must agree to 1e-5) and so are their gradients (α, GGM, weights; fp64, train
-mode). Throughput is images/s over timed steps; peak memory is the peak RSS of a fresh
-subprocess per variant (CPU has no allocator statistics), same process setup for both. The
-variants run alternately for `--rounds` rounds (each round a fresh subprocess per variant);
-the ratios use each variant's best throughput and worst peak RSS.
+mode).
 
-    python benchmarks/supernet_step.py [--steps 3] [--rounds 2] [--batch 8] [--size 184x240]
-        [--recompute-stages N] [--json out.json]
+Throughput: this VM runs in speed phases (for seconds to minutes everything is ~1.4x slower),
+so variants timed in separate processes, or minutes apart, are not comparable. Both variants are
+built in one subprocess and timed step by step, alternately, for `--pairs` pairs (the order
+flips every pair); the throughput ratio is the median over pairs of t_naive / t_fast, and each
+variant's img/s is batch / its median step time. Peak memory: the peak RSS (VmHWM; CPU has no
+allocator statistics) of a fresh subprocess per variant running a warm-up step and `--steps`
+steps, same process setup for both (`--rounds` such pairs of processes; the worst is kept).
+
+    python benchmarks/supernet_step.py [--pairs 10] [--steps 2] [--rounds 1] [--batch 8]
+        [--size 184x240] [--recompute-stages N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,15 +49,15 @@ def make(fast: bool, seed: int = 0, recompute_stages: int | None = None):
     return Supernet(SpaceConfig(), 11, fast=fast, recompute_stages=recompute_stages)
 
 
-def run_variant(fast: bool, steps: int, batch: int, size: list[int], recompute_stages: int | None) -> dict:
-    """Time `steps` search steps (after one warm-up step); report images/s and peak RSS."""
+def stepper(fast: bool, batch: int, size: list[int], recompute_stages: int | None) -> Callable[[], None]:
+    """One search step of a variant, on fixed data: as the engine steps it (fast) or DARTS-style
+    (naive)."""
     net = make(fast, recompute_stages=recompute_stages)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999))
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, *size, generator=g)
     y = torch.randint(0, 11, (batch, *size), generator=g)
-
     arch, weights = net.arch_parameters(), net.weight_parameters()
 
     def step() -> None:
@@ -72,12 +79,30 @@ def run_variant(fast: bool, steps: int, batch: int, size: list[int], recompute_s
             F.cross_entropy(net(x), y).backward()
             a_opt.step()
 
-    step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    return step
+
+
+def run_memory(fast: bool, steps: int, batch: int, size: list[int], recompute_stages: int | None) -> dict:
+    """Peak RSS of this (fresh) process over a warm-up step and `steps` steps of one variant."""
+    step = stepper(fast, batch, size, recompute_stages)
+    for _ in range(steps + 1):
         step()
-    dt = time.perf_counter() - t0
-    return {"fast": fast, "images_per_s": batch * steps / dt, "s_per_step": dt / steps, "peak_rss_mb": peak_rss_mb()}
+    return {"fast": fast, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_paired(pairs: int, batch: int, size: list[int], recompute_stages: int | None) -> dict:
+    """Both variants in this process, timed step by step, alternately (naive, fast), (fast,
+    naive), ...: a pair's two steps run within seconds of each other, in the same speed phase."""
+    steps = {"naive": stepper(False, batch, size, None), "fast": stepper(True, batch, size, recompute_stages)}
+    for step in steps.values():  # warm-up
+        step()
+    times: dict[str, list[float]] = {"naive": [], "fast": []}
+    for i in range(pairs):
+        for v in (("naive", "fast") if i % 2 == 0 else ("fast", "naive")):
+            t0 = time.perf_counter()
+            steps[v]()
+            times[v].append(time.perf_counter() - t0)
+    return times
 
 
 def peak_rss_mb() -> float:
@@ -120,55 +145,68 @@ def check_equal(batch: int, size: list[int], recompute_stages: int | None) -> di
     return out
 
 
+def child(args: argparse.Namespace, mode: str) -> dict:
+    """Run `mode` (naive, fast: peak RSS; paired: timing) in a fresh subprocess."""
+    cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--pairs", str(args.pairs),
+           "--batch", str(args.batch), "--size", args.size, "--recompute-stages", str(args.recompute_stages)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2, help="naive/fast subprocess pairs, alternating")
+    ap.add_argument("--pairs", type=int, default=10, help="timed (naive, fast) step pairs")
+    ap.add_argument("--steps", type=int, default=2, help="steps per peak-memory run (after a warm-up step)")
+    ap.add_argument("--rounds", type=int, default=1, help="peak-memory subprocesses per variant")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", default="184x240")
     ap.add_argument("--json", default=None)
     ap.add_argument("--recompute-stages", type=int, default=None,
                     help="fast variant: search.recompute_stages (default: the config default)")
-    ap.add_argument("--variant", choices=["fast", "naive"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["fast", "naive", "paired"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     size = [int(v) for v in args.size.split("x")]
-    if args.variant:  # child process: one variant, fresh RSS
-        print(json.dumps(run_variant(args.variant == "fast", args.steps, args.batch, size, args.recompute_stages)))
+    if args.child == "paired":
+        print(json.dumps(run_paired(args.pairs, args.batch, size, args.recompute_stages)))
+        return
+    if args.child:
+        print(json.dumps(run_memory(args.child == "fast", args.steps, args.batch, size, args.recompute_stages)))
         return
     from gasnas.config import SearchConfig
 
-    stages = SearchConfig().recompute_stages if args.recompute_stages is None else args.recompute_stages
-    print(f"fast: search.recompute_stages={stages}; {torch.get_num_threads()} threads, torch {torch.__version__}")
-    chk = check_equal(2, size, stages)
+    if args.recompute_stages is None:
+        args.recompute_stages = SearchConfig().recompute_stages
+    print(f"fast: search.recompute_stages={args.recompute_stages}; {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; batch {args.batch}, {args.size}")
+    chk = check_equal(2, size, args.recompute_stages)
     print(f"max |fast - naive| output difference: {chk['eval_fp32']:.2e} (eval, fp32), "
           f"{chk['train_fp64']:.2e} (train, fp64); gradients (fp64, max |Δ| / max |g|): "
           f"α+GGM {chk['grad_arch_rel']:.1e}, weights {chk['grad_weights_rel']:.1e}")
     if max(chk["eval_fp32"], chk["train_fp64"]) > 1e-5 or max(chk["grad_arch_rel"], chk["grad_weights_rel"]) > 1e-9:
         sys.exit("fast and naive supernets disagree")
-    runs: dict[str, list[dict]] = {"naive": [], "fast": []}
-    for rnd in range(args.rounds):  # alternate the variants: slow phases of a shared machine hit both
-        for variant in ("naive", "fast"):
-            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
-                                  "--batch", str(args.batch), "--size", args.size,
-                                  "--recompute-stages", str(stages)],
-                                 check=True, capture_output=True, text=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            runs[variant].append(r)
-            print(f"round {rnd + 1} {variant:6s} {r['images_per_s']:6.2f} img/s  {r['s_per_step']:6.2f} s/step  "
-                  f"peak RSS {r['peak_rss_mb']:7.0f} MB", flush=True)
-    # throughput: each variant's best round; peak memory: each variant's worst round
-    results = {v: {"images_per_s": max(r["images_per_s"] for r in rs), "s_per_step": min(r["s_per_step"] for r in rs),
-                   "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "rounds": rs} for v, rs in runs.items()}
+    mem: dict[str, list[float]] = {"naive": [], "fast": []}
+    for _ in range(args.rounds):
+        for v in ("naive", "fast"):
+            mem[v].append(child(args, v)["peak_rss_mb"])
+    times = child(args, "paired")
+    ratios = sorted(tn / tf for tn, tf in zip(times["naive"], times["fast"]))
+    speed = statistics.median(ratios)
+    results = {v: {"s_per_step": statistics.median(times[v]), "images_per_s": args.batch / statistics.median(times[v]),
+                   "peak_rss_mb": max(mem[v]), "step_times": times[v], "peak_rss_rounds": mem[v]} for v in mem}
     for v, r in results.items():
-        print(f"{v:6s} best {r['images_per_s']:6.2f} img/s  {r['s_per_step']:6.2f} s/step  peak RSS {r['peak_rss_mb']:7.0f} MB")
-    speed = results["fast"]["images_per_s"] / results["naive"]["images_per_s"]
-    mem = results["fast"]["peak_rss_mb"] / results["naive"]["peak_rss_mb"]
-    summary = {"max_output_diff": chk["eval_fp32"], "max_output_diff_train_fp64": chk["train_fp64"],
-               "max_grad_rel_diff_arch_fp64": chk["grad_arch_rel"], "max_grad_rel_diff_weights_fp64": chk["grad_weights_rel"],
-               "throughput_ratio": speed, "peak_memory_ratio": mem, "recompute_stages": stages,
-               "threads": torch.get_num_threads(), "torch": torch.__version__, **results}
-    print(f"throughput x{speed:.2f}, peak memory x{mem:.2f} (goal: >= 2x, <= 0.6x)")
+        print(f"{v:6s} {r['images_per_s']:6.2f} img/s  {r['s_per_step']:6.3f} s/step (median of {args.pairs}; "
+              f"min {min(times[v]):.3f}, max {max(times[v]):.3f})  peak RSS {r['peak_rss_mb']:7.0f} MB "
+              f"(rounds: {', '.join(f'{m:.0f}' for m in mem[v])})")
+    mem_ratio = results["fast"]["peak_rss_mb"] / results["naive"]["peak_rss_mb"]
+    print(f"per-pair throughput ratios: min x{ratios[0]:.2f}, median x{speed:.2f}, max x{ratios[-1]:.2f}")
+    print(f"throughput x{speed:.2f} (median per-pair), peak memory x{mem_ratio:.2f} (goal: >= 2x, <= 0.6x): "
+          f"{'met' if speed >= 2 and mem_ratio <= 0.6 else 'not met'}")
     if args.json:
+        summary = {"max_output_diff": chk["eval_fp32"], "max_output_diff_train_fp64": chk["train_fp64"],
+                   "max_grad_rel_diff_arch_fp64": chk["grad_arch_rel"],
+                   "max_grad_rel_diff_weights_fp64": chk["grad_weights_rel"], "throughput_ratio": speed,
+                   "pair_ratios": ratios, "peak_memory_ratio": mem_ratio, "recompute_stages": args.recompute_stages,
+                   "threads": torch.get_num_threads(), "torch": torch.__version__, **results}
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
 
