@@ -86,15 +86,18 @@ def main() -> None:
 
 def report(out: Path, config: str, sets: list[str]) -> None:
     """Re-measure each genotype's latency the way the searches measure (fresh processes, beside
-    the `adjacent` search's reference net, calm-phase scale: latency/isolated.py) and tabulate."""
+    the `adjacent` search's reference net, on its calm-phase scale: latency/isolated.py) and
+    tabulate."""
     from gasnas.config import load_config
+    from gasnas.engine.search import calm_reference
     from gasnas.latency.isolated import calm_measure
     from gasnas.space.genotype import Genotype
 
     cfg = load_config(config, sets)
     names = ("adjacent", "none", "random")
     genotypes = [Genotype.load(out / name / "genotype.json") for name in names]
-    measured, _ = calm_measure(genotypes, cfg.latency, Genotype.load(out / "adjacent" / "genotype_epoch1.json"))
+    reference, calm_ms = calm_reference(out / "adjacent")
+    measured, _ = calm_measure(genotypes, cfg.latency, reference, reference_calm_ms=calm_ms)
     rows = {}
     for name, g, ms in zip(names, genotypes, measured):
         metrics = [json.loads(x) for x in (out / name / "train" / "metrics.jsonl").read_text().splitlines() if x]

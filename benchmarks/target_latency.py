@@ -80,21 +80,26 @@ def space_range(est, space, num_classes: int) -> tuple[Any, Any]:
 
 def measure(out: Path, targets: list[float], repeats: int, config: str, sets: list[str]) -> None:
     from gasnas.config import load_config
+    from gasnas.engine.search import calm_reference
     from gasnas.latency import LatencyEstimator, LatencyTable
     from gasnas.latency.isolated import calm_measure
     from gasnas.space.genotype import Genotype
 
     cfg = load_config(config, sets)
     lat = dataclasses.replace(cfg.latency, repeats=repeats)
-    # every net is timed in a fresh process beside the first search's reference net (its first
-    # measured genotype, the same initial net in every search of one recipe and seed), and
-    # reported on the calm-phase scale, as the searches measure (latency/isolated.py)
-    reference = Genotype.load(out / f"T{targets[0]:g}" / "genotype_epoch1.json")
+    # every net is timed in a fresh process beside the first search's reference net and
+    # reported on the calm-phase scale, as the searches measure (latency/isolated.py); the
+    # scale starts from the calmest reference timing of the searches with that reference
+    reference, calm_ms = calm_reference(out / f"T{targets[0]:g}")
+    for t in targets[1:]:
+        other, ms = calm_reference(out / f"T{t:g}")
+        if other.to_dict()["cells"] == reference.to_dict()["cells"]:
+            calm_ms = min(calm_ms, ms)
     table = LatencyTable.load(out / f"T{targets[0]:g}" / "lut.json")
     est = LatencyEstimator(cfg.space, cfg.data.num_classes, table, cfg.latency.input_size, cfg.latency)
     finals = [Genotype.load(out / f"T{t:g}" / "genotype.json") for t in targets]
     ends = space_range(est, cfg.space, cfg.data.num_classes)
-    measured, calm_ref = calm_measure([*finals, *ends], lat, reference)
+    measured, calm_ref = calm_measure([*finals, *ends], lat, reference, reference_calm_ms=calm_ms)
     rows = []
     for t, g, ms in zip(targets, finals, measured):
         rows.append({"target_ms": t, "measured_ms": ms, "error": (ms - t) / t,

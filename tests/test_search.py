@@ -18,7 +18,7 @@ import gasnas.engine.search as search_mod
 from gasnas.cli import main
 from gasnas.engine.architect import Architect
 from gasnas.engine.checkpoint import load as load_ckpt
-from gasnas.engine.search import SearchRun, run_search
+from gasnas.engine.search import SearchRun, calm_reference, run_search
 from gasnas.space.genotype import Genotype
 
 ROW_FIELDS = {"epoch", "phase", "lr", "lambda", "w_loss", "a_loss", "a_ce", "lat_loss", "expected_ms",
@@ -132,6 +132,13 @@ def test_target_mode_adapts_lambda_from_measured_latency(tmp_path_factory, singl
     assert rows[0]["budget_scale"] > 1.0  # the softmax mixture costs more than the derived net
     g = Genotype.load(cfg.run_dir / "genotype.json")
     assert g.provenance["target_ms"] == 0.01 and g.provenance["within_target"] is False
+    # the latency reference is the first measured net, and its calmest timing scales every epoch
+    reference, calm_ms = calm_reference(cfg.run_dir)
+    first = Genotype.load(cfg.run_dir / "genotype_epoch1.json")
+    assert reference.to_dict()["cells"] == first.to_dict()["cells"]
+    assert 0 < calm_ms <= rows[0]["measured_ms"] + 1e-9
+    assert g.provenance["measured_latency_ms"] == pytest.approx(
+        next(r for r in rows if r["epoch"] == g.provenance["selected_epoch"])["latency_ratio"] * calm_ms)
     assert "within" in capsys.readouterr().err  # the warning says the target was missed
 
 

@@ -515,6 +515,20 @@ def prepare_run_dir(cfg: Config, resume: str | Path | None, rt: Runtime) -> tupl
     return run_dir, ck
 
 
+def calm_reference(run_dir: str | Path) -> tuple[Any, float]:
+    """A finished search's latency reference: (the reference net's genotype, its calmest timing
+    in ms over the whole search), from the run's last checkpoint. Re-measurements that use the
+    same reference start from that timing, so a report that happens to run in a slow phase
+    stays on the search's scale (latency/isolated.py)."""
+    from gasnas.space.genotype import Genotype
+
+    path = Path(run_dir) / CHECKPOINT
+    state = ckpt_io.load(path, "search").get("calm_latency") or {}
+    if state.get("reference") is None:
+        raise GasnasError(f"{path}: the search measured no derived net (search.measure_isolated off?)")
+    return Genotype.from_dict(state["reference"], f"{path}: calm_latency.reference"), float(state["reference_calm_ms"])
+
+
 def with_target(cfg: Config, target_ms: float | None) -> Config:
     """`--target-ms T`: hinge loss toward T, λ adapted from the measured latency."""
     if target_ms is None:

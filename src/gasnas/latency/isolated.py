@@ -97,11 +97,12 @@ def calm_ms(ratio: float, reference_calm_ms: float) -> float:
 
 
 def calm_measure(genotypes: list[Any], lat_cfg: LatencyConfig, reference: Any, rounds: int = 5,
-                 threads: int | None = None) -> tuple[list[float], float]:
+                 threads: int | None = None, reference_calm_ms: float = math.inf) -> tuple[list[float], float]:
     """Each genotype's latency on the calm-phase scale (each timed in its own fresh process
-    beside `reference`), and the reference's calmest round they are scaled by."""
+    beside `reference`), and the reference's calmest round they are scaled by (at most
+    `reference_calm_ms`, e.g. what a search recorded: engine/search.py `calm_reference`)."""
     timings = [measure_genotype_isolated(g, lat_cfg, threads, rounds, reference) for g in genotypes]
-    calm_ref = min(t.reference_calm_ms for t in timings)
+    calm_ref = min([reference_calm_ms, *(t.reference_calm_ms for t in timings)])
     return [calm_ms(t.ratio, calm_ref) for t in timings], calm_ref
 
 
