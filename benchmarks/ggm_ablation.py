@@ -97,7 +97,7 @@ def report(out: Path, config: str, sets: list[str]) -> None:
     names = ("adjacent", "none", "random")
     genotypes = [Genotype.load(out / name / "genotype.json") for name in names]
     reference, calm_ms = calm_reference(out / "adjacent")
-    measured, _ = calm_measure(genotypes, cfg.latency, reference, reference_calm_ms=calm_ms)
+    measured, _ = calm_measure(genotypes, cfg.latency, reference, reference_calm_ms=calm_ms, processes=3)
     rows = {}
     for name, g, ms in zip(names, genotypes, measured):
         metrics = [json.loads(x) for x in (out / name / "train" / "metrics.jsonl").read_text().splitlines() if x]

@@ -99,7 +99,7 @@ def measure(out: Path, targets: list[float], repeats: int, config: str, sets: li
     est = LatencyEstimator(cfg.space, cfg.data.num_classes, table, cfg.latency.input_size, cfg.latency)
     finals = [Genotype.load(out / f"T{t:g}" / "genotype.json") for t in targets]
     ends = space_range(est, cfg.space, cfg.data.num_classes)
-    measured, calm_ref = calm_measure([*finals, *ends], lat, reference, reference_calm_ms=calm_ms)
+    measured, calm_ref = calm_measure([*finals, *ends], lat, reference, reference_calm_ms=calm_ms, processes=3)
     rows = []
     for t, g, ms in zip(targets, finals, measured):
         rows.append({"target_ms": t, "measured_ms": ms, "error": (ms - t) / t,
@@ -119,7 +119,7 @@ def measure(out: Path, targets: list[float], repeats: int, config: str, sets: li
                  f"to {hi:.2f} / {hi_ms:.2f} ms (costliest)")
     env = table.env
     lines.append(f"\ndevice {env.get('device_name')}, {env.get('threads')} threads, input "
-                 f"{cfg.latency.input_size[0]}x{cfg.latency.input_size[1]}, re-measured in fresh processes, 5 rounds beside the reference net, calm-phase scale "
+                 f"{cfg.latency.input_size[0]}x{cfg.latency.input_size[1]}, re-measured in 3 fresh processes each, 5 rounds beside the reference net (median ratio), calm-phase scale "
                  f"(reference {calm_ref:.2f} ms at its calmest)")
     (out / "summary.json").write_text(json.dumps({"rows": rows, "range_ms": [lo, hi], "range_measured_ms": [lo_ms, hi_ms], "env": env}, indent=2))
     (out / "summary.md").write_text("\n".join(lines) + "\n")
