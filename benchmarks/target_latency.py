@@ -83,6 +83,7 @@ def measure(out: Path, targets: list[float], repeats: int, config: str, sets: li
     from gasnas.engine.search import calm_reference
     from gasnas.latency import LatencyEstimator, LatencyTable
     from gasnas.latency.isolated import calm_measure
+    from gasnas.latency.sampling import genotype_signature
     from gasnas.space.genotype import Genotype
 
     cfg = load_config(config, sets)
@@ -93,7 +94,7 @@ def measure(out: Path, targets: list[float], repeats: int, config: str, sets: li
     reference, calm_ms = calm_reference(out / f"T{targets[0]:g}")
     for t in targets[1:]:
         other, ms = calm_reference(out / f"T{t:g}")
-        if other.to_dict()["cells"] == reference.to_dict()["cells"]:
+        if genotype_signature(other) == genotype_signature(reference):
             calm_ms = min(calm_ms, ms)
     table = LatencyTable.load(out / f"T{targets[0]:g}" / "lut.json")
     est = LatencyEstimator(cfg.space, cfg.data.num_classes, table, cfg.latency.input_size, cfg.latency)

@@ -350,11 +350,6 @@ class SearchRun:
                     ms = float(measure_genotype_ms(genotype, self.cfg.latency))
         return D.broadcast_object(ms, self.info)
 
-    def _latency_ratio(self, genotype: Any) -> float | None:
-        from gasnas.latency.sampling import genotype_signature
-
-        return self.calm.ratios.get(genotype_signature(genotype))
-
     def _end_epoch(self) -> None:
         from gasnas.space.genotype import derive_genotype
 
@@ -394,7 +389,7 @@ class SearchRun:
             "measured_ms": measured,
             # the measured net's latency / the reference net's: select_final re-scales it with
             # the reference's calmest timing at the end of the search
-            "latency_ratio": self._latency_ratio(genotype) if measured is not None else None,
+            "latency_ratio": self.calm.ratio(genotype) if measured is not None else None,
             "val_miou": result["miou"],
             "val_pixel_acc": result["pixel_acc"],
             "alpha_entropy": entropy,

@@ -120,34 +120,41 @@ class CalmLatency:
 
     def __init__(self, lat_cfg: LatencyConfig, threads: int, rounds: int = 3) -> None:
         self.lat_cfg, self.threads, self.rounds = lat_cfg, int(threads), int(rounds)
-        self.reference: dict[str, Any] | None = None  # genotype dict
+        self.reference: Any = None  # Genotype of the first net measured
         self.reference_calm_ms = math.inf
         self.ratios: dict[str, float] = {}  # genotype signature -> latency / reference latency
 
     def measure(self, genotype: Any) -> float:
         """The calm-phase latency (ms) of `genotype`'s derived net; times it unless known."""
         from gasnas.latency.sampling import genotype_signature
-        from gasnas.space.genotype import Genotype
 
         sig = genotype_signature(genotype)
         if sig not in self.ratios:
-            ref = Genotype.from_dict(self.reference) if self.reference is not None else None
-            t = measure_genotype_isolated(genotype, self.lat_cfg, self.threads, self.rounds, ref)
-            if ref is None:
-                self.reference = genotype.to_dict()
+            t = measure_genotype_isolated(genotype, self.lat_cfg, self.threads, self.rounds, self.reference)
+            if self.reference is None:
+                self.reference = genotype
             self.ratios[sig] = t.ratio
             self.reference_calm_ms = min(self.reference_calm_ms, t.reference_calm_ms)
         return self.ms(sig)
+
+    def ratio(self, genotype: Any) -> float | None:
+        """`genotype`'s latency / the reference's, if it was measured."""
+        from gasnas.latency.sampling import genotype_signature
+
+        return self.ratios.get(genotype_signature(genotype))
 
     def ms(self, signature: str) -> float:
         return calm_ms(self.ratios[signature], self.reference_calm_ms)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"reference": self.reference, "reference_calm_ms": self.reference_calm_ms,
-                "ratios": dict(self.ratios)}
+        return {"reference": self.reference.to_dict() if self.reference is not None else None,
+                "reference_calm_ms": self.reference_calm_ms, "ratios": dict(self.ratios)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.reference = state.get("reference")
+        from gasnas.space.genotype import Genotype
+
+        ref = state.get("reference")
+        self.reference = Genotype.from_dict(ref, "checkpoint: calm_latency.reference") if ref is not None else None
         self.reference_calm_ms = float(state.get("reference_calm_ms", math.inf))
         self.ratios = {str(k): float(v) for k, v in state.get("ratios", {}).items()}
 
