@@ -12,7 +12,7 @@ from torch import nn
 
 from gasnas.engine.checkpoint import rng_state, set_rng_state
 from gasnas.engine.evaluate import evaluate, predict
-from gasnas.engine.losses import CrossEntropy, OhemCrossEntropy, class_weights
+from gasnas.engine.losses import CrossEntropy, OhemCrossEntropy, SoftDice, class_weights
 from gasnas.engine.metrics import (
     confusion_matrix,
     format_table,
@@ -163,6 +163,21 @@ def test_weighted_ohem_weighs_kept_pixels_by_class() -> None:
     assert got.item() == pytest.approx((losses[idx] * w_px[idx]).mean().item(), rel=1e-6)
     got.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_soft_dice_by_hand_ignores_unlabelled_pixels_and_absent_classes() -> None:
+    # 3 classes, 4 pixels: labels [0, 0, 1, ignore]; class 2 is absent from the labels
+    target = torch.tensor([[[0, 0, 1, 255]]])
+    logits = torch.log(torch.tensor([[0.5, 0.5, 0.5, 0.1], [0.25, 0.25, 0.5, 0.8], [0.25, 0.25, 0.0, 0.1]]))
+    logits = logits.reshape(1, 3, 1, 4).clamp(min=-30).requires_grad_(True)
+    loss = SoftDice(3, eps=0.0)(logits, target)
+    # class 0: I = 1.0, Σp = 1.5, |y| = 2 → 2/3.5;  class 1: I = 0.5, Σp = 1.0, |y| = 1 → 1/2
+    assert float(loss) == pytest.approx(1 - (2 / 3.5 + 0.5) / 2, abs=1e-6)
+    loss.backward()
+    assert logits.grad[..., 3].abs().max() == 0  # the ignored pixel gets no gradient
+    perfect = torch.full((1, 3, 1, 4), -30.0)
+    perfect[0, 0, 0, :2] = perfect[0, 1, 0, 2] = 30.0
+    assert float(SoftDice(3, eps=0.0)(perfect, target)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_epoch_batches_shard_resume_and_seeds() -> None:

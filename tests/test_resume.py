@@ -109,7 +109,7 @@ def test_search_resumes_exactly_after_sigkill(tmp_path_factory, single_thread) -
 def test_train_resumes_exactly_after_sigkill(tmp_path_factory, single_thread) -> None:  # noqa: F811
     data = data_root(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("resume_train")
-    extra = ("space.aux_heads=true", "train.epochs=2", "train.max_steps_per_epoch=6")
+    extra = ("space.aux_heads=true", "train.epochs=2", "train.max_steps_per_epoch=6", "train.ema_decay=0.9")
     ref_cfg = tiny_config(data, tmp, "reference", *extra)
     torch.manual_seed(1)
     genotype = tmp / "genotype.json"
@@ -128,7 +128,8 @@ def test_train_resumes_exactly_after_sigkill(tmp_path_factory, single_thread) ->
     run_train(cfg, None, resume=cfg.run_dir / "train", ckpt_every_steps=1, show_progress=False)
     ref = load_ckpt(ref_cfg.run_dir / "train" / "last.pt", "train")
     got = load_ckpt(last, "train")
-    _assert_same_state(ref["model"], got["model"], "model")
+    _assert_same_state(ref["model"], got["model"], "model")  # the weight average
+    _assert_same_state(ref["train_model"], got["train_model"], "train_model")  # the raw weights
     _assert_same_state(ref["optimizer"], got["optimizer"], "optimizer")
     _assert_same_state(ref["rng"], got["rng"], "rng")
     assert ref["best_miou"] == got["best_miou"] and ref["global_step"] == got["global_step"]

@@ -10,7 +10,7 @@ from test_engine_support import data_root, single_thread, tiny_config  # noqa: F
 
 from gasnas.cli import main
 from gasnas.engine.checkpoint import load as load_ckpt
-from gasnas.engine.train import poly_lr, run_train
+from gasnas.engine.train import WeightEMA, poly_lr, run_train
 from gasnas.space.derived import DerivedNet, load_derived_checkpoint
 from gasnas.space.genotype import derive_genotype
 from gasnas.space.supernet import Supernet
@@ -27,6 +27,25 @@ def test_poly_lr() -> None:
     assert poly_lr(0.01, 0, 100, 0.9) == 0.01
     assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5 ** 0.9)
     assert poly_lr(0.01, 100, 100, 0.9) == 0.0
+
+
+def test_weight_ema_averages_floats_and_copies_step_counts() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = WeightEMA(net, decay=0.9)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    net(torch.randn(5, 3))  # BN running stats and num_batches_tracked move
+    ema.update(step=100)  # ramp (101/110) > 0.9: the decay is 0.9
+    now = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    src = net.state_dict()
+    for k in ("0.weight", "0.bias", "1.running_mean", "1.running_var"):
+        assert torch.allclose(now[k], 0.9 * before[k] + 0.1 * src[k]), k
+    assert int(now["1.num_batches_tracked"]) == 1
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    ema.update(step=0)  # first step: decay min(0.9, 1/10) = 0.1
+    assert torch.allclose(ema.module[0].weight, 0.1 * now["0.weight"] + 0.9 * net[0].weight)
 
 
 def test_train_writes_loadable_checkpoints_and_eval_reads_them(tmp_path_factory, single_thread, capsys) -> None:  # noqa: F811

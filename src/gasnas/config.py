@@ -169,6 +169,11 @@ class TrainConfig:
     # class_weights): enet = 1/ln(1.02 + p), median_freq = median(p)/p; none = unweighted.
     class_weighting: Literal["none", "enet", "median_freq"] = "none"
     aux_weight: float = 0.4
+    dice_weight: float = 0.0  # > 0: add this times a soft-Dice term (engine/losses.py SoftDice) to the loss
+    # Exponential moving average of the weights (engine/train.py WeightEMA; timm's ModelEmaV2):
+    # 0 = off; else the decay per step, ramped as min(decay, (1 + t)/(10 + t)). With it on, the
+    # EMA weights are the ones evaluated and saved as "model"; the raw ones only resume.
+    ema_decay: float = 0.0
     eval_every: int = 5
     max_steps_per_epoch: int | None = None
     pretrained: str | None = None
@@ -417,6 +422,11 @@ def validate(cfg: Config) -> None:
         raise GasnasError("config key 'latency.target_ms': required when latency.loss is 'target'")
     if cfg.search.warmup_epochs > cfg.search.epochs:
         raise GasnasError("config key 'search.warmup_epochs': larger than search.epochs")
+    if cfg.train.dice_weight < 0:
+        raise GasnasError(f"config key 'train.dice_weight': must be >= 0, got {cfg.train.dice_weight}")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise GasnasError(f"config key 'train.ema_decay': expected 0 (off) or a decay in (0, 1), "
+                          f"got {cfg.train.ema_decay}")
 
 
 def replace(cfg: Any, **changes: Any) -> Any:

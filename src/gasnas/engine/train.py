@@ -20,6 +20,7 @@ metrics.jsonl, plots/, best.pt, last.pt.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import replace
@@ -34,7 +35,7 @@ from gasnas.config import Config
 from gasnas.engine import checkpoint as ckpt_io
 from gasnas.engine import distributed as D
 from gasnas.engine.evaluate import evaluate
-from gasnas.engine.losses import build_criterion, class_weights
+from gasnas.engine.losses import SoftDice, build_criterion, class_weights
 from gasnas.engine.metrics import nan_to_none
 from gasnas.engine.runtime import (
     MetricsLog,
@@ -51,6 +52,7 @@ from gasnas.errors import GasnasError
 
 TRAIN_STREAM = 3
 LAST, BEST = "last.pt", "best.pt"
+PLOT_EVERY_S = 60.0
 
 
 def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
@@ -66,6 +68,36 @@ def make_optimizer(model: nn.Module, tc: Any) -> torch.optim.Optimizer:
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr)
+
+
+class WeightEMA:
+    """Exponential moving average of a model's weights and buffers (timm's ModelEmaV2): why:
+    a short schedule ends on a noisy iterate, the average of the last few hundred steps
+    generalises better at no training cost. Floating tensors are averaged, integer buffers
+    (BatchNorm's step count) copied; the decay ramps up as min(decay, (1 + t)/(10 + t)) so the
+    first steps' random weights fade quickly."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self._pairs = self._match(model)
+
+    def _match(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        own, src = self.module.state_dict(keep_vars=True), model.state_dict(keep_vars=True)
+        return [(own[k].data if isinstance(own[k], nn.Parameter) else own[k],
+                 src[k].data if isinstance(src[k], nn.Parameter) else src[k]) for k in own]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Fold in the tracked model's current weights; `step` counts optimizer steps from 0."""
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        avg = [(e, m) for e, m in self._pairs if e.is_floating_point()]
+        torch._foreach_lerp_([e for e, _ in avg], [m for _, m in avg], 1.0 - d)
+        for e, m in self._pairs:
+            if not e.is_floating_point():
+                e.copy_(m)
 
 
 def load_pretrained(model: nn.Module, path: str) -> tuple[int, int]:
@@ -147,6 +179,7 @@ class TrainRun:
         if self.info.enabled:
             D.sync_batchnorm(self.model)
             D.broadcast_module(self.model, self.info)
+        self.ema = WeightEMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         self.aux = self.genotype is not None and bool(self.genotype.space.aux_heads)
         self.class_weights = None
         if tc.class_weighting != "none":
@@ -159,6 +192,7 @@ class TrainRun:
                 f"{n} {w:.2f}" for n, w in zip(self.class_names, self.class_weights)), self.main)
         self.criterion = build_criterion(cfg.data.ignore_index, True, tc.ohem_thresh, tc.ohem_min_kept,
                                          self.class_weights)
+        self.dice = SoftDice(self.num_classes, cfg.data.ignore_index) if tc.dice_weight > 0 else None
         self.optimizer = make_optimizer(self.model, tc)
         self.meta_base = {
             "class_names": self.class_names, "palette": self.palette.tolist(),
@@ -171,6 +205,7 @@ class TrainRun:
         self.best_miou, self.best_epoch = -math.inf, None
         self.last_eval: dict[str, Any] = {"miou": None, "pixel_acc": None, "iou": None, "eval_epoch": None}
         self.accum = _new_accum()
+        self.last_plot = time.monotonic()
         if resume is not None:
             self._restore(resume)
         elif self.main:
@@ -182,6 +217,11 @@ class TrainRun:
         """What a checkpoint says about itself; miou etc. are those of the latest evaluation."""
         return dict(self.meta_base, epoch=self.epoch, **self.last_eval)
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved as "model": the EMA when it is on."""
+        return self.ema.module if self.ema is not None else self.model
+
     def payload(self, resumable: bool) -> dict[str, Any]:
         from gasnas.space.derived import checkpoint_payload
 
@@ -192,7 +232,9 @@ class TrainRun:
                 global_step=self.global_step, steps_per_epoch=self.steps_per_epoch,
                 best_miou=self.best_miou if self.best_epoch is not None else None,
                 best_epoch=self.best_epoch, accum=dict(self.accum), rng=ckpt_io.rng_state())
-        return checkpoint_payload(self.model, self.meta(), **extra)
+            if self.ema is not None:  # "model" holds the EMA; the raw weights continue training
+                extra["train_model"] = self.model.state_dict()
+        return checkpoint_payload(self.eval_model, self.meta(), **extra)
 
     def save_last(self) -> Path:
         if self.main:
@@ -205,7 +247,9 @@ class TrainRun:
             raise GasnasError(f"{self.last_path}: {ck.get('steps_per_epoch')} steps per epoch in the "
                               f"checkpoint, {self.steps_per_epoch} with this config")
         try:
-            self.model.load_state_dict(ck["model"])
+            self.model.load_state_dict(ck.get("train_model", ck["model"]))
+            if self.ema is not None:  # a run saved without EMA starts its average here
+                self.ema.module.load_state_dict(ck["model"])
         except RuntimeError as exc:
             raise GasnasError(f"{self.last_path}: weights do not match the network "
                               f"({str(exc).splitlines()[0]})") from None
@@ -237,13 +281,19 @@ class TrainRun:
             raise RunInterrupted(path, ckpt_io.position_text(self.epoch, self.step), stop.signum)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """OHEM cross-entropy (+ dice_weight · soft Dice) on the logits, + aux_weight · the
+        cross-entropy of each auxiliary head."""
+        aux: list[torch.Tensor] = []
         if self.aux:
             logits, aux = self.model(images, return_aux=True)
-            loss = self.criterion(logits, labels, self.info)
-            for a in aux:
-                loss = loss + self.cfg.train.aux_weight * self.criterion(a, labels, self.info)
-            return loss
-        return self.criterion(self.model(images), labels, self.info)
+        else:
+            logits = self.model(images)
+        loss = self.criterion(logits, labels, self.info)
+        if self.dice is not None:
+            loss = loss + self.cfg.train.dice_weight * self.dice(logits, labels, self.info)
+        for a in aux:
+            loss = loss + self.cfg.train.aux_weight * self.criterion(a, labels, self.info)
+        return loss
 
     def _train_epoch(self, stop: StopSignal) -> None:
         tc, e = self.cfg.train, self.epoch
@@ -265,6 +315,8 @@ class TrainRun:
             check_finite(value, "training loss", e, self.step, self.last_path)
             D.average_gradients(params, self.info)
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.global_step)
             self.accum["loss"] += value
             self.accum["n"] += 1
             self.step += 1
@@ -288,7 +340,7 @@ class TrainRun:
         self.accum = _new_accum()
         result = None
         if (e + 1) % every == 0 or e + 1 == tc.epochs:
-            result = evaluate(self.model, self.val_loader, self.num_classes, self.cfg.data.ignore_index,
+            result = evaluate(self.eval_model, self.val_loader, self.num_classes, self.cfg.data.ignore_index,
                               info=self.info, class_names=self.class_names)
             self.last_eval = {"miou": result["miou"], "pixel_acc": result["pixel_acc"],
                               "iou": nan_to_none(result["iou"]), "eval_epoch": e + 1}
@@ -304,7 +356,11 @@ class TrainRun:
         row["epoch_end_s"] = round(time.perf_counter() - t0, 3)
         if self.main:
             self.metrics.append(row)
-            self._plots(result is not None)
+            # curves after evaluations and at most every PLOT_EVERY_S otherwise: drawing them
+            # costs ~0.3 s, 5% of a short epoch (metrics.jsonl has every epoch anyway)
+            if result is not None or time.monotonic() - self.last_plot >= PLOT_EVERY_S:
+                self._plots(result is not None)
+                self.last_plot = time.monotonic()
         self.save_last()
 
     def _plots(self, evaluated: bool) -> None:
@@ -323,18 +379,20 @@ class TrainRun:
         from gasnas.viz import plot_predictions
 
         images, labels, preds = [], [], []
-        self.model.eval()
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
         try:
             for i in range(min(n, len(self.val_ds))):
                 x, y = self.val_ds[i]
                 with torch.no_grad():
-                    p = predict(self.model, x.unsqueeze(0).to(self.device)).argmax(1)[0].cpu()
+                    p = predict(model, x.unsqueeze(0).to(self.device)).argmax(1)[0].cpu()
                 img = (denormalize(x).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
                 images.append(img)
                 labels.append(y.numpy())
                 preds.append(p.numpy())
         finally:
-            self.model.train()
+            model.train(was_training)
         plot_predictions(images, labels, preds, self.palette, path)
 
 
