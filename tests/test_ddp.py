@@ -116,7 +116,7 @@ def test_two_processes_match_one(tmp_path_factory, single_thread) -> None:  # no
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_processes_train_like_one(tmp_path_factory, single_thread) -> None:  # noqa: F811
-    """`torchrun -m gasnas train` (aux heads, OHEM, globally normalised loss, global BatchNorm):
+    """`torchrun -m gasnas train` (aux heads, OHEM, soft Dice, globally normalised losses, global BatchNorm):
     the same loss, mIoU and weights as one process after one step, to rounding (observed
     2.4e-7). One step, because later steps are rounding-chaotic here: at 3 steps the weights
     differ by 1.5e-4 because one ReLU input (cells.2.ops.2.3, 2.4e-4 after BatchNorm over 4-8
@@ -133,6 +133,7 @@ def test_two_processes_train_like_one(tmp_path_factory, single_thread) -> None: 
     tmp = tmp_path_factory.mktemp("ddp_train")
     extra = ("space.aux_heads=true", "train.batch_size=4", "train.epochs=1", "train.max_steps_per_epoch=1",
              "train.ohem_min_kept=1", "train.lr=0.002",
+             "train.dice_weight=0.5",  # its class sums are global: exact across processes too
              # NCHW: per-sample conv results then do not depend on the batch split (channels-last
              # rounds differently; 1-process NHWC vs NCHW weights differed by ~4e-4 with OHEM).
              "train.channels_last=false")

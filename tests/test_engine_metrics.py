@@ -172,7 +172,7 @@ def test_soft_dice_by_hand_ignores_unlabelled_pixels_and_absent_classes() -> Non
     logits = logits.reshape(1, 3, 1, 4).clamp(min=-30).requires_grad_(True)
     loss = SoftDice(3, eps=0.0)(logits, target)
     # class 0: I = 1.0, Σp = 1.5, |y| = 2 → 2/3.5;  class 1: I = 0.5, Σp = 1.0, |y| = 1 → 1/2
-    assert float(loss) == pytest.approx(1 - (2 / 3.5 + 0.5) / 2, abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(1 - (2 / 3.5 + 0.5) / 2, abs=1e-6)
     loss.backward()
     assert logits.grad[..., 3].abs().max() == 0  # the ignored pixel gets no gradient
     perfect = torch.full((1, 3, 1, 4), -30.0)

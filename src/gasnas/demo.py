@@ -77,7 +77,7 @@ def run_demo(cfg: Config, with_peers: bool = True, show_progress: bool = True) -
         stages[name] = time.perf_counter() - stages[name]
 
     stage("data")
-    root = ensure_synthetic(cfg.data)
+    root = ensure_synthetic(cfg.data, progress=show_progress)
     print(f"synthetic street scenes at {root}")
     done("data")
 

@@ -869,7 +869,7 @@ def _install(tmp: Path, out: Path, params: dict[str, Any], replace: bool) -> Non
         shutil.rmtree(old, ignore_errors=True)
 
 
-def ensure_synthetic(cfg: Any) -> Path:
+def ensure_synthetic(cfg: Any, progress: bool = True) -> Path:
     """Generate the synthetic set of a `DataConfig` at cfg.root unless it is already complete."""
     root = Path(cfg.root)
     params = synth_params(cfg.synth_n_train, cfg.synth_n_val, cfg.synth_size, cfg.synth_seed)
@@ -882,5 +882,8 @@ def ensure_synthetic(cfg: Any) -> Path:
             f"size={params['size']}, seed={params['seed']}: delete it, point data.root elsewhere, or "
             f"regenerate with `gasnas data synth --out {root} --force`"
         )
-    write_synthetic(root, params["n_train"], params["n_val"], params["size"], params["seed"])
+    # every image is seeded on its own, so the set is the same whatever the number of workers
+    workers = min(8, os.cpu_count() or 1)
+    write_synthetic(root, params["n_train"], params["n_val"], params["size"], params["seed"], workers=workers,
+                    progress=progress)
     return root

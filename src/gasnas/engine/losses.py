@@ -109,8 +109,8 @@ class SoftDice(nn.Module):
     set-level overlap term pulls rare, thin classes toward their IoU (as in nnU-Net's CE + Dice).
 
     The sums are over the whole batch of every process: each process adds the other processes'
-    (detached) sums to its own, and the result is scaled by W, so averaged gradients equal the
-    one-process gradient, as for the cross-entropy above.
+    (detached) sums to its own and scales its gradient by W, so the value is the one-process
+    value on every process and the averaged gradients equal the one-process gradient.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, eps: float = 1.0) -> None:
@@ -138,7 +138,12 @@ class SoftDice(nn.Module):
         if not bool(present.any()):
             return logits.sum() * 0.0
         dice = (2 * inter[present] + self.eps) / (pred[present] + truth[present] + self.eps)
-        return (1.0 - dice.mean()) * world
+        loss = 1.0 - dice.mean()
+        if world == 1:
+            return loss
+        # every process holds the same global value; its gradient reaches only this process's
+        # pixels, so scale the gradient (not the value) by W for the cross-process average
+        return loss.detach() + world * (loss - loss.detach())
 
 
 def build_criterion(ignore_index: int, ohem: bool, thresh: float = 0.7, min_kept: int = 10000,
