@@ -216,7 +216,7 @@ def test_loss_modes_value_and_gradient_sign(mode: str) -> None:
 def test_target_loss_budget_scale_moves_the_hinge() -> None:
     cfg = LatencyConfig(loss="target", target_ms=10.0)
     e = torch.tensor(15.0, requires_grad=True)
-    assert float(latency_loss(e, cfg, 1.0)) == pytest.approx(0.5)  # 15 ms against 10
+    assert float(latency_loss(e, cfg, 1.0).detach()) == pytest.approx(0.5)  # 15 ms against 10
     out = latency_loss(e, cfg, 1.0, budget_scale=2.0)  # the derived net is half of E[Lat]: 7.5 ms
     out.backward()
     assert float(out) == 0.0 and float(e.grad) == 0.0
