@@ -2,7 +2,10 @@
 
 SGD (train.lr, momentum, weight decay; or `train.optimizer: adamw`) with a poly schedule lr·(1 − it/total)^power updated
 every iteration; OHEM cross-entropy (train.ohem_thresh, train.ohem_min_kept; engine/losses.py);
-auxiliary heads when `space.aux_heads` is on (loss + train.aux_weight · Σ aux losses);
+auxiliary heads when `space.aux_heads` is on (loss + train.aux_weight · Σ aux losses); an
+optional soft-Dice term (train.dice_weight); an optional EMA of the weights (train.ema_decay,
+`WeightEMA`), which is then what gets evaluated and saved as "model" (last.pt also keeps the raw
+weights as "train_model" to resume);
 evaluation on the val split every `train.eval_every` epochs and after the last one; `best.pt`
 (highest val mIoU) and `last.pt` (also resumable, also every `--ckpt-every-steps` steps).
 
