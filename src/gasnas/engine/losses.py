@@ -123,9 +123,10 @@ class SoftDice(nn.Module):
         prob = logits.float().softmax(1)
         labels = torch.where(valid, target, 0)
         p_true = prob.gather(1, labels.unsqueeze(1)).squeeze(1)[valid]
-        inter = torch.zeros(c, device=prob.device, dtype=prob.dtype).index_add(0, labels[valid], p_true)
+        labelled = labels[valid]
+        inter = torch.zeros(c, device=prob.device, dtype=prob.dtype).index_add(0, labelled, p_true)
         pred = (prob * valid.unsqueeze(1)).sum(dim=(0, 2, 3))
-        truth = torch.bincount(labels[valid], minlength=c)[:c].to(prob.dtype)
+        truth = torch.bincount(labelled, minlength=c)[:c].to(prob.dtype)
         stats = torch.stack([inter, pred, truth])
         world = 1
         if info is not None and info.enabled:

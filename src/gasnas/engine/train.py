@@ -85,22 +85,20 @@ class WeightEMA:
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self._pairs = self._match(model)
-
-    def _match(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        own, src = self.module.state_dict(keep_vars=True), model.state_dict(keep_vars=True)
-        return [(own[k].data if isinstance(own[k], nn.Parameter) else own[k],
-                 src[k].data if isinstance(src[k], nn.Parameter) else src[k]) for k in own]
+        # state_dict() tensors share storage with the modules, so updating them updates the
+        # average; split once here, not on every step
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
+        self._avg_dst = [e for e, _ in pairs if e.is_floating_point()]
+        self._avg_src = [m for e, m in pairs if e.is_floating_point()]
+        self._copied = [(e, m) for e, m in pairs if not e.is_floating_point()]
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         """Fold in the tracked model's current weights; `step` counts optimizer steps from 0."""
         d = min(self.decay, (1.0 + step) / (10.0 + step))
-        avg = [(e, m) for e, m in self._pairs if e.is_floating_point()]
-        torch._foreach_lerp_([e for e, _ in avg], [m for _, m in avg], 1.0 - d)
-        for e, m in self._pairs:
-            if not e.is_floating_point():
-                e.copy_(m)
+        torch._foreach_lerp_(self._avg_dst, self._avg_src, 1.0 - d)
+        for e, m in self._copied:
+            e.copy_(m)
 
 
 def load_pretrained(model: nn.Module, path: str) -> tuple[int, int]:
