@@ -70,3 +70,10 @@ def test_parse_size() -> None:
     assert parse_size("360x480") == [360, 480]
     with pytest.raises(GasnasError, match="--input '10x'"):
         parse_size("10x")
+
+
+@pytest.mark.parametrize("setting", ["train.ema_decay=1.0", "train.ema_decay=-0.1", "train.dice_weight=-1"])
+def test_training_option_out_of_range_is_a_one_line_error(setting, capsys) -> None:
+    assert main(["config", "show", "demo", "--set", setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and setting.split("=")[0] in err[0]
