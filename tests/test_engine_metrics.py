@@ -220,3 +220,19 @@ def test_rng_state_round_trip(tmp_path) -> None:
     expected = (random.random(), float(np.random.rand()), torch.rand(1).item())
     set_rng_state(torch_load(path)["rng"])  # weights_only load
     assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == expected
+
+
+def test_plot_throttle_redraws_when_forced_or_after_the_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gasnas.engine import runtime
+
+    now = [100.0]
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: now[0])
+    throttle = runtime.PlotThrottle(every_s=60.0)
+    now[0] = 130.0
+    assert not throttle.due()
+    assert throttle.due(force=True)  # an evaluation or the last epoch: always
+    now[0] = 185.0
+    assert not throttle.due()  # 55 s after the forced redraw
+    now[0] = 191.0
+    assert throttle.due()
+    assert not throttle.due()

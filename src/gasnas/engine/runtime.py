@@ -9,6 +9,7 @@ import random
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -194,6 +195,26 @@ def log(message: str, enabled: bool = True) -> None:
         from tqdm.auto import tqdm
 
         tqdm.write(message, file=sys.stderr)
+
+
+PLOT_EVERY_S = 60.0
+
+
+class PlotThrottle:
+    """When a run redraws its figures: always when forced (after an evaluation, at the last
+    epoch), otherwise at most every `every_s` seconds. Why: a redraw costs 0.3-2 s of
+    matplotlib, 5-10% of a short epoch, and metrics.jsonl keeps every epoch anyway."""
+
+    def __init__(self, every_s: float = PLOT_EVERY_S) -> None:
+        self.every_s = every_s
+        self.last = time.monotonic()
+
+    def due(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s:
+            self.last = now
+            return True
+        return False
 
 
 def safe_plot(fn: Callable[..., Any], *args: Any, **kw: Any) -> None:

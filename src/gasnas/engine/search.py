@@ -40,6 +40,7 @@ from gasnas.engine.evaluate import evaluate
 from gasnas.engine.losses import build_criterion
 from gasnas.engine.runtime import (
     MetricsLog,
+    PlotThrottle,
     RunInterrupted,
     Runtime,
     StopSignal,
@@ -196,6 +197,7 @@ class SearchRun:
         self.accum = _new_accum()
         threads = lc.threads or lut.env.get("threads") or torch.get_num_threads()
         self.calm = CalmLatency(lc, int(threads), sc.measure_rounds)  # derived nets' latency, one scale
+        self.plot_throttle = PlotThrottle()
         if resume is not None:
             self._restore(resume)  # restores the budget scale too
         else:
@@ -401,7 +403,8 @@ class SearchRun:
             genotype.provenance.update(epoch=e + 1, val_miou_supernet=result["miou"], **{"lambda": lam_used})
             genotype.save(self.run_dir / row["genotype"])
             self.metrics.append(row)
-            self._plots(op_weights)
+            if self.plot_throttle.due(force=e + 1 == cfg.search.epochs):
+                self._plots(op_weights)
             ms = f"{measured:.2f}" if measured is not None else "n/a"
             log(f"epoch {e + 1}/{cfg.search.epochs} [{row['phase']}] w_loss {row['w_loss']:.4f} "
                 f"E[Lat] {expected:.2f} ms, derived {genotype.predicted_latency_ms:.2f} ms predicted / "

@@ -42,6 +42,7 @@ from gasnas.engine.losses import SoftDice, build_criterion, class_weights
 from gasnas.engine.metrics import nan_to_none
 from gasnas.engine.runtime import (
     MetricsLog,
+    PlotThrottle,
     RunInterrupted,
     Runtime,
     StopSignal,
@@ -55,7 +56,6 @@ from gasnas.errors import GasnasError
 
 TRAIN_STREAM = 3
 LAST, BEST = "last.pt", "best.pt"
-PLOT_EVERY_S = 60.0
 
 
 def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
@@ -206,7 +206,7 @@ class TrainRun:
         self.best_miou, self.best_epoch = -math.inf, None
         self.last_eval: dict[str, Any] = {"miou": None, "pixel_acc": None, "iou": None, "eval_epoch": None}
         self.accum = _new_accum()
-        self.last_plot = time.monotonic()
+        self.plot_throttle = PlotThrottle()
         if resume is not None:
             self._restore(resume)
         elif self.main:
@@ -357,11 +357,8 @@ class TrainRun:
         row["epoch_end_s"] = round(time.perf_counter() - t0, 3)
         if self.main:
             self.metrics.append(row)
-            # curves after evaluations and at most every PLOT_EVERY_S otherwise: drawing them
-            # costs ~0.3 s, 5% of a short epoch (metrics.jsonl has every epoch anyway)
-            if result is not None or time.monotonic() - self.last_plot >= PLOT_EVERY_S:
+            if self.plot_throttle.due(force=result is not None):
                 self._plots(result is not None)
-                self.last_plot = time.monotonic()
         self.save_last()
 
     def _plots(self, evaluated: bool) -> None:
