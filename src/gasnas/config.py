@@ -163,6 +163,8 @@ class TrainConfig:
     channels_last: bool = True  # NHWC training (same function, other rounding; faster on CPU)
     weight_decay: float = 5e-4
     poly_power: float = 0.9
+    # OHEM: keep pixels whose true-class probability is below ohem_thresh (at least ohem_min_kept
+    # of them); ohem_thresh >= 1 keeps every pixel: plain (class-weighted) cross-entropy
     ohem_thresh: float = 0.7
     ohem_min_kept: int = 10000
     # Class-balanced loss: weights from the training split's pixel counts (engine/losses.py
