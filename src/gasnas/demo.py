@@ -55,11 +55,12 @@ def _measured_ms(genotype: Any, cfg: Config, run_dir: Path) -> float:
     from gasnas.errors import GasnasError
     from gasnas.latency.isolated import calm_measure, measure_genotype_isolated
 
+    rounds = cfg.search.measure_rounds  # as the search timed its derived nets
     try:
         reference, reference_ms = calm_reference(run_dir)
     except GasnasError:
-        return measure_genotype_isolated(genotype, cfg.latency).ms
-    (ms,), _ = calm_measure([genotype], cfg.latency, reference, rounds=3, reference_calm_ms=reference_ms)
+        return measure_genotype_isolated(genotype, cfg.latency, rounds=rounds).ms
+    (ms,), _ = calm_measure([genotype], cfg.latency, reference, rounds=rounds, reference_calm_ms=reference_ms)
     return ms
 
 
