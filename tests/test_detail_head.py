@@ -78,3 +78,30 @@ def test_latency_table_times_the_detail_head_and_one_hot_sum_holds() -> None:
             edge = next(e for e in cl.edges if (e.src, e.node) == (src, dst))
             by_hand += table[edge.item(op).key]
     assert float(est.expected_ms(genotype_weights(g))) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_resize_gradient_is_bilinear_in_channels_last_and_runs_channels_last() -> None:
+    """The head's resize hands its backward a channels-last gradient, whatever layout arrives
+    (here a channel slice of a concatenation, as in the detail steps), without changing it."""
+    from gasnas.space.network import resize
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, 7).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    ref = x.detach().clone().requires_grad_(True)
+    seen: list[bool] = []
+    y = resize(x, (12, 14))
+    assert y._backward_hooks  # channels-last input with grad: the layout hook is on
+    y.register_hook(lambda g: seen.append(g.is_contiguous()))  # runs before resize's own hook
+    other = torch.randn(2, 3, 12, 14)
+    out = torch.cat([y, other], dim=1).contiguous(memory_format=torch.channels_last)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    y_ref = torch.nn.functional.interpolate(ref, size=(12, 14), mode="bilinear", align_corners=False)
+    (torch.cat([y_ref, other], dim=1) * w).sum().backward()
+    assert torch.equal(y.detach(), y_ref.detach())
+    torch.testing.assert_close(x.grad, ref.grad, rtol=1e-6, atol=1e-6)
+    assert seen == [False]  # the gradient arrived strided (a slice), and was made channels-last
+    # NCHW inputs, and no-grad calls, are left alone
+    assert not resize(torch.randn(1, 2, 3, 3, requires_grad=True), (6, 6))._backward_hooks
+    with torch.no_grad():
+        assert resize(x, (12, 14)).shape == (2, 5, 12, 14)

@@ -69,8 +69,11 @@ def make_optimizer(model: nn.Module, tc: Any) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr)
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    try:  # one fused kernel over all tensors (CPU since torch 2.4): ~10% of a small net's step otherwise
+        return torch.optim.AdamW(groups, lr=tc.lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=tc.lr)
 
 
 class WeightEMA:
