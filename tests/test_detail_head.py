@@ -5,6 +5,7 @@ empty by default (the paper-style head at 1/8)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from gasnas.config import LatencyConfig, SpaceConfig
 from gasnas.latency import LatencyEstimator, build_lut
 from gasnas.latency.keys import space_layout
 from gasnas.space.derived import DerivedNet
-from gasnas.space.genotype import derive_genotype, genotype_weights
+from gasnas.space.genotype import Genotype, derive_genotype, genotype_weights
+from gasnas.space.ops import ConvBNReLU, SepConv
 from gasnas.space.supernet import Supernet
 
 SPACE = SpaceConfig(stem_channels=[4, 6, 8], stage_channels=[8, 16, 16], cells_per_stage=[1, 1, 1],
@@ -28,12 +30,15 @@ def test_off_by_default_and_no_detail_modules() -> None:
     assert "_D" not in space_layout(plain, CLASSES, [32, 48]).head.key
 
 
-@pytest.mark.parametrize("derived,widths", [(False, [4]), (True, [4]), (True, [4, 2])])
-def test_detail_steps_see_the_stem_features_and_train(derived: bool, widths: list[int]) -> None:
+@pytest.mark.parametrize("derived,widths,fuse", [(False, [4], "conv"), (True, [4], "conv"), (True, [4, 2], "conv"),
+                                                 (False, [4, 2], "sep"), (True, [4, 2], "sep")])
+def test_detail_steps_see_the_stem_features_and_train(derived: bool, widths: list[int], fuse: str) -> None:
     torch.manual_seed(0)
-    net = Supernet(dataclasses.replace(SPACE, detail_channels=widths), CLASSES)
-    if derived:
-        net = DerivedNet(derive_genotype(net))
+    net = Supernet(dataclasses.replace(SPACE, detail_channels=widths, detail_fuse=fuse), CLASSES)
+    if derived:  # through the genotype's JSON: the fuse kind travels with the space
+        g = derive_genotype(net)
+        net = DerivedNet(Genotype.from_dict(json.loads(json.dumps(g.to_dict())), "genotype"))
+    assert isinstance(net.head.fuse[0], SepConv if fuse == "sep" else ConvBNReLU)
     seen = []
     for m in net.head.detail:
         m.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
@@ -69,6 +74,9 @@ def test_latency_table_times_the_detail_head_and_one_hot_sum_holds() -> None:
     module, inputs = two.build()
     assert len(module.head.fuse) == 2 and len(inputs) == 5
     assert tuple(module.eval()(*inputs).shape) == (1, CLASSES, *size)
+    sep = space_layout(dataclasses.replace(SPACE, detail_channels=[4, 2], detail_fuse="sep"), CLASSES, size).head
+    assert sep.key != two.key and "_sep_" in sep.key  # a table never mixes the two heads up
+    assert isinstance(sep.build()[0].head.fuse[0], SepConv)
     table = build_lut(SPACE, CLASSES, lat, progress=False, rounds=1)
     est = LatencyEstimator(SPACE, CLASSES, table, size, lat, calibrated=False)
     g = derive_genotype(Supernet(SPACE, CLASSES))

@@ -81,6 +81,9 @@ class SpaceConfig:
     # decoder steps after the 1/8 head (gasnas addition; [] = paper-style head at 1/8): widths of
     # the stem's 1/4 feature, then of its 1/2 feature, fused in; the classifier runs at the finest
     detail_channels: list[int] = field(default_factory=list)
+    # how the 1/4 step fuses (the 1/2 step is always separable): "conv" a dense 3x3 conv, "sep" a
+    # depthwise-separable one (~7x fewer FLOPs there; the demo's choice since session 7)
+    detail_fuse: Literal["conv", "sep"] = "conv"
     aux_heads: bool = False
     ggm: GGMConfig = field(default_factory=GGMConfig)
 

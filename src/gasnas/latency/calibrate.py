@@ -39,6 +39,7 @@ def calibration_scope(space: SpaceConfig, num_classes: int, input_size: list[int
         "nodes": space.nodes,
         "head_channels": space.head_channels,
         **({"detail_channels": list(space.detail_channels)} if space.detail_channels else {}),
+        **({"detail_fuse": space.detail_fuse} if space.detail_channels and space.detail_fuse != "conv" else {}),
         "num_classes": num_classes,
         "input_size": [int(input_size[0]), int(input_size[1])],
     }

@@ -142,18 +142,21 @@ class HeadItem:
     out_w: int
     details: tuple[tuple[int, int, int], ...] = ()  # (C, H, W) of the stem features fused, 1/4 first
     detail_channels: tuple[int, ...] = ()
+    detail_fuse: str = "conv"
 
     @property
     def key(self) -> str:
         res = "-".join(f"{h}x{w}" for _, h, w in self.feats)
         chans = "-".join(str(c) for c, _, _ in self.feats)
         detail = "".join(f"_D{h}x{w}_C{c}-{d}" for (c, h, w), d in zip(self.details, self.detail_channels))
+        if self.details and self.detail_fuse != "conv":
+            detail += f"_{self.detail_fuse}"
         return (f"head_F{res}_C{chans}_Ch{self.head_channels}{detail}_cls{self.num_classes}"
                 f"_out{self.out_h}x{self.out_w}")
 
     def build(self) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         head = ContextHead([c for c, _, _ in self.feats], self.head_channels, self.num_classes, False,
-                           [c for c, _, _ in self.details], self.detail_channels)
+                           [c for c, _, _ in self.details], self.detail_channels, self.detail_fuse)
         shapes = [*self.feats, *self.details]
         inputs = tuple(torch.randn(1, c, h, w) for c, h, w in shapes)
         return HeadWithUpsample(head, (self.out_h, self.out_w)), inputs
@@ -234,5 +237,6 @@ def space_layout(space: SpaceConfig, num_classes: int, input_size: tuple[int, in
         s0, s1 = s1, (plan.c, oh, ow)
         if plan.index in taps:
             feats.append(s1)
-    head = HeadItem(tuple(feats), space.head_channels, num_classes, h, w, details, tuple(space.detail_channels))
+    head = HeadItem(tuple(feats), space.head_channels, num_classes, h, w, details, tuple(space.detail_channels),
+                    space.detail_fuse)
     return Layout(tuple(space.ops), stem, tuple(cells), head)

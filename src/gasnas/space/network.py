@@ -95,15 +95,16 @@ class ContextHead(nn.Module):
     """Global-context branch at the coarsest stage, upsample-and-add down to 1/8, then one
     detail step per `detail_channels` entry (stem feature with `detail_in[i]` channels → 1x1 to
     `detail_channels[i]`, concatenated with the upsampled head feature, fused by a 3x3 conv at
-    1/4 or a separable 3x3 conv at 1/2), classifier."""
+    1/4 (separable with `detail_fuse="sep"`) or a separable 3x3 conv at 1/2), classifier."""
 
     def __init__(self, stage_channels: list[int], head_channels: int, num_classes: int,
                  aux_heads: bool, detail_in: list[int] | tuple[int, ...] = (),
-                 detail_channels: list[int] | tuple[int, ...] = ()) -> None:
+                 detail_channels: list[int] | tuple[int, ...] = (), detail_fuse: str = "conv") -> None:
         super().__init__()
         self.detail = nn.ModuleList(ConvBNReLU(c, d, 1) for c, d in zip(detail_in, detail_channels))
         self.fuse = nn.ModuleList(
-            ConvBNReLU(head_channels + d, head_channels, 3) if i == 0 else SepConv(head_channels + d, head_channels)
+            ConvBNReLU(head_channels + d, head_channels, 3) if i == 0 and detail_fuse == "conv"
+            else SepConv(head_channels + d, head_channels)
             for i, d in enumerate(detail_channels))
         self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(stage_channels[-1], head_channels, 1))
         self.lateral = nn.ModuleList(ConvBNReLU(c, head_channels, 1) for c in stage_channels)
@@ -145,7 +146,8 @@ class SegmentationNet(nn.Module):
         self.taps = stage_outputs(self.plans)
         self.detail_taps = detail_stem_indices(space)
         self.head = ContextHead(space.stage_channels, space.head_channels, num_classes, space.aux_heads,
-                                [space.stem_channels[i] for i in self.detail_taps], space.detail_channels)
+                                [space.stem_channels[i] for i in self.detail_taps], space.detail_channels,
+                                space.detail_fuse)
 
     def cell_weights(self) -> list[torch.Tensor | None]:
         return [None] * len(self.cells)
