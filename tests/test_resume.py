@@ -109,7 +109,11 @@ def test_search_resumes_exactly_after_sigkill(tmp_path_factory, single_thread) -
 def test_train_resumes_exactly_after_sigkill(tmp_path_factory, single_thread) -> None:  # noqa: F811
     data = data_root(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("resume_train")
-    extra = ("space.aux_heads=true", "train.epochs=2", "train.max_steps_per_epoch=6", "train.ema_decay=0.9")
+    # the demo's training path: (fused) AdamW, class-weighted CE over every pixel + Dice, EMA,
+    # decoder steps with the separable 1/4 fuse (the search test covers SGD)
+    extra = ("space.aux_heads=true", "train.epochs=2", "train.max_steps_per_epoch=6", "train.ema_decay=0.9",
+             "train.optimizer=adamw", "train.ohem_thresh=1.0", "train.class_weighting=enet",
+             "train.dice_weight=0.5", "space.detail_channels=[4, 2]", "space.detail_fuse=sep")
     ref_cfg = tiny_config(data, tmp, "reference", *extra)
     torch.manual_seed(1)
     genotype = tmp / "genotype.json"
@@ -131,6 +135,7 @@ def test_train_resumes_exactly_after_sigkill(tmp_path_factory, single_thread) ->
     _assert_same_state(ref["model"], got["model"], "model")  # the weight average
     _assert_same_state(ref["train_model"], got["train_model"], "train_model")  # the raw weights
     _assert_same_state(ref["optimizer"], got["optimizer"], "optimizer")
+    assert ref["optimizer"]["state"] and all("exp_avg" in st for st in ref["optimizer"]["state"].values())
     _assert_same_state(ref["rng"], got["rng"], "rng")
     assert ref["best_miou"] == got["best_miou"] and ref["global_step"] == got["global_step"]
     assert _rows(ref_cfg.run_dir / "train" / "metrics.jsonl") == _rows(cfg.run_dir / "train" / "metrics.jsonl")
