@@ -115,8 +115,10 @@ def test_two_processes_match_one(tmp_path_factory, single_thread) -> None:  # no
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-def test_two_processes_train_like_one(tmp_path_factory, single_thread) -> None:  # noqa: F811
-    """`torchrun -m gasnas train` (aux heads, OHEM, soft Dice, globally normalised losses, global BatchNorm):
+@pytest.mark.parametrize("loss", ["ohem", "weighted"])
+def test_two_processes_train_like_one(tmp_path_factory, single_thread, loss: str) -> None:  # noqa: F811
+    """`torchrun -m gasnas train` (aux heads, OHEM or the demo's class-weighted cross-entropy over
+    every pixel with fused AdamW, soft Dice, globally normalised losses, global BatchNorm):
     the same loss, mIoU and weights as one process after one step, to rounding (observed
     2.4e-7). One step, because later steps are rounding-chaotic here: at 3 steps the weights
     differ by 1.5e-4 because one ReLU input (cells.2.ops.2.3, 2.4e-4 after BatchNorm over 4-8
@@ -137,6 +139,8 @@ def test_two_processes_train_like_one(tmp_path_factory, single_thread) -> None: 
              # NCHW: per-sample conv results then do not depend on the batch split (channels-last
              # rounds differently; 1-process NHWC vs NCHW weights differed by ~4e-4 with OHEM).
              "train.channels_last=false")
+    if loss == "weighted":
+        extra += ("train.ohem_thresh=1.0", "train.class_weighting=enet", "train.optimizer=adamw")
     one = tiny_config(data, tmp, "one", *extra)
     torch.manual_seed(1)
     genotype = tmp / "genotype.json"
