@@ -10,7 +10,7 @@ from test_engine_support import data_root, single_thread, tiny_config  # noqa: F
 
 from gasnas.cli import main
 from gasnas.engine.checkpoint import load as load_ckpt
-from gasnas.engine.train import WeightEMA, poly_lr, run_train
+from gasnas.engine.train import WeightEMA, poly_lr, run_train, unused_space_keys
 from gasnas.space.derived import DerivedNet, load_derived_checkpoint
 from gasnas.space.genotype import derive_genotype
 from gasnas.space.supernet import Supernet
@@ -21,6 +21,17 @@ def random_genotype(cfg, path):
     g = derive_genotype(Supernet(cfg.space, cfg.data.num_classes), {"dataset": "test"})
     g.save(path)
     return path
+
+
+def test_space_settings_the_genotype_overrides_are_named() -> None:
+    import dataclasses
+
+    from gasnas.config import SpaceConfig
+
+    g = SpaceConfig(head_channels=8)
+    assert unused_space_keys(dataclasses.replace(g, aux_heads=True), g) == []  # aux heads: from the config
+    assert unused_space_keys(dataclasses.replace(g, head_channels=64, detail_fuse="sep"), g) == [
+        "space.head_channels (config 64, genotype 8)", "space.detail_fuse (config sep, genotype conv)"]
 
 
 def test_poly_lr() -> None:
@@ -54,6 +65,7 @@ def test_train_writes_loadable_checkpoints_and_eval_reads_them(tmp_path_factory,
     cfg = tiny_config(data, tmp, "tr", "space.aux_heads=true")
     genotype = random_genotype(cfg, tmp / "genotype.json")
     best = run_train(cfg, genotype, show_progress=False)
+    assert "not used" not in capsys.readouterr().err  # the recipe's space is the genotype's
     out = cfg.run_dir / "train"
     assert best == out / "best.pt"
     for name in ("best.pt", "last.pt", "metrics.jsonl", "config.yaml", "genotype.json",

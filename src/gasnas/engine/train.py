@@ -121,6 +121,17 @@ def load_pretrained(model: nn.Module, path: str) -> tuple[int, int]:
     return len(ok), len(own)
 
 
+def unused_space_keys(config_space: Any, genotype_space: Any) -> list[str]:
+    """`space.*` settings of the config that differ from the genotype's and so shape nothing:
+    the derived net is built from the genotype's space (only `aux_heads` comes from the config).
+    Why: `gasnas train -g G --set space.head_channels=64` would otherwise be silently ignored."""
+    from dataclasses import fields
+
+    return [f"space.{f.name} (config {getattr(config_space, f.name)}, genotype {getattr(genotype_space, f.name)})"
+            for f in fields(config_space)
+            if f.name != "aux_heads" and getattr(config_space, f.name) != getattr(genotype_space, f.name)]
+
+
 def genotype_for_training(genotype: Any, cfg: Config) -> Any:
     """The genotype as trained: aux heads from this config, classes from its dataset."""
     space = replace(genotype.space, aux_heads=cfg.space.aux_heads)
@@ -174,6 +185,10 @@ class TrainRun:
             self.model: nn.Module = build_peer(str(genotype), self.num_classes).train()
         else:
             self.model = DerivedNet(self.genotype)
+            unused = unused_space_keys(cfg.space, self.genotype.space)
+            if unused:
+                log("the network's shape comes from the genotype; these config settings differ and are not "
+                    "used: " + "; ".join(unused), self.main)
         self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         if tc.pretrained and resume is None:
