@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +125,6 @@ def unused_space_keys(config_space: Any, genotype_space: Any) -> list[str]:
     """`space.*` settings of the config that differ from the genotype's and so shape nothing:
     the derived net is built from the genotype's space (only `aux_heads` comes from the config).
     Why: `gasnas train -g G --set space.head_channels=64` would otherwise be silently ignored."""
-    from dataclasses import fields
-
     return [f"space.{f.name} (config {getattr(config_space, f.name)}, genotype {getattr(genotype_space, f.name)})"
             for f in fields(config_space)
             if f.name != "aux_heads" and getattr(config_space, f.name) != getattr(genotype_space, f.name)]

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gasnas.config import SpaceConfig
@@ -33,6 +32,7 @@ from gasnas.space.network import (
     Stem,
     detail_stem_indices,
     plan_cells,
+    resize,
     stage_outputs,
 )
 from gasnas.space.ops import OPS
@@ -130,7 +130,7 @@ class HeadWithUpsample(nn.Module):
     def forward(self, *feats: torch.Tensor) -> torch.Tensor:
         n = len(feats) - len(self.head.fuse)  # the last inputs are the stem features of the detail steps
         logits, _ = self.head(list(feats[:n]), list(feats[n:]))
-        return F.interpolate(logits, size=self.out_size, mode="bilinear", align_corners=False)
+        return resize(logits, self.out_size)
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def resize(x: torch.Tensor, size: Any) -> torch.Tensor:
     loss's NCHW gradient), and CPU's bilinear backward is 2-4x slower on such a gradient than on
     a channels-last one; one copy of the gradient is cheaper."""
     y = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    if (y.requires_grad and not torch.jit.is_tracing() and x.dim() == 4
+    if (y.requires_grad and not torch.jit.is_tracing()
             and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
         y.register_hook(lambda g: g.contiguous(memory_format=torch.channels_last))
     return y
