@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from gasnas.cli import main
-from gasnas.config import DataConfig
+from gasnas.config import DataConfig, load_config
 from gasnas.data import (
     MEAN,
     STD,
@@ -203,6 +203,23 @@ def test_train_transform_pads_label_with_ignore_and_image_with_zero():
     pad = lbl == 255
     assert int(pad.sum()) == 40 * 40 - 24 * 32
     assert torch.allclose(denormalize(out)[:, pad], torch.zeros(1), atol=1e-5)
+
+
+def test_unscaled_prob_leaves_images_unresampled():
+    """data.unscaled_prob: that fraction of training images skips the random scale, so the net
+    also sees images as unsmoothed as the test images; the rest are resampled as before."""
+    image, label = _encoded_pair(0)  # 48x64
+    full = [48, 64]
+    ref = eval_transform()(image, label)
+    always = train_transform(full, [0.5, 2.0], flip=False, color_jitter=0.0, unscaled_prob=1.0)
+    out, lbl = always(image, label)
+    assert torch.equal(out, ref[0]) and torch.equal(lbl, ref[1])
+    sometimes = train_transform(full, [0.5, 2.0], flip=False, color_jitter=0.0, unscaled_prob=0.5)
+    torch.manual_seed(0)
+    kept = [torch.equal(sometimes(image, label)[0], ref[0]) for _ in range(40)]
+    assert 8 <= sum(kept) <= 32  # ~half; a resampled image never equals the original
+    with pytest.raises(GasnasError, match="data.unscaled_prob"):
+        load_config(None, ["data.unscaled_prob=1.5"])
 
 
 def test_train_transform_with_jitter_only_changes_the_image():

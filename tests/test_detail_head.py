@@ -61,6 +61,37 @@ def test_detail_channels_are_validated(capsys) -> None:
 
     assert main(["config", "show", "demo", "--set", "space.detail_channels=[8, 8, 8]"]) == 2
     assert "space.detail_channels" in capsys.readouterr().err
+    # a two-conv stem has one feature finer than the cells (1/2): one detail step at most
+    assert main(["config", "show", "demo", "--set", "space.stem_channels=[32, 48]"]) == 2
+    assert "space.detail_channels" in capsys.readouterr().err
+    assert main(["config", "show", "demo", "--set", "space.stem_channels=[8, 8, 8, 8]"]) == 2
+    assert "'space.stem_channels': expected 1-3 widths" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("derived", [False, True])
+def test_two_conv_stem_runs_the_cells_at_a_quarter(derived: bool) -> None:
+    """`space.stem_channels` with two widths: cells at 1/4, 1/8, 1/16 (for small inputs), the one
+    detail step fuses the stem's 1/2 feature; the latency table walks the same shapes."""
+    from gasnas.space.network import plan_cells
+
+    space = dataclasses.replace(SPACE, stem_channels=[4, 6], detail_channels=[4], detail_fuse="sep")
+    assert [p.scale for p in plan_cells(space)] == [4, 8, 8, 16, 16]
+    torch.manual_seed(0)
+    net = Supernet(space, CLASSES)
+    if derived:
+        net = DerivedNet(Genotype.from_dict(json.loads(json.dumps(derive_genotype(net).to_dict())), "g"))
+    feats: list[tuple[int, ...]] = []
+    net.cells[0].register_forward_hook(lambda m, i, o: feats.append(tuple(o.shape)))
+    seen: list[tuple[int, ...]] = []
+    net.head.detail[0].register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    out = net(torch.randn(2, 3, 64, 96))
+    assert out.shape == (2, CLASSES, 64, 96)
+    assert feats == [(2, 8, 16, 24)] and seen == [(2, 4, 32, 48)]
+    out.square().mean().backward()
+    assert [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None] == []
+    layout = space_layout(space, CLASSES, [64, 96])
+    assert layout.head.details == ((4, 32, 48),)
+    assert [c.edges[0].h for c in layout.cells] == [16, 16, 8, 8, 4]  # edge inputs: s1's map
 
 
 def test_latency_table_times_the_detail_head_and_one_hot_sum_holds() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import pytest
 import torch
@@ -324,3 +325,55 @@ def test_fused_mixed_op_edge_cases(stride: int, size: tuple[int, int]) -> None:
                 assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
             for a, b in zip(b_fast, b_ref):
                 assert torch.equal(a, b) or torch.allclose(a.double(), b.double(), atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(9, 13), (22, 28), (4, 3)])
+def test_depthwise_conv3x3_matches_conv2d(stride: int, size: tuple[int, int]) -> None:
+    """space/depthwise.py's Function equals F.conv2d in value and both gradients, float64, for
+    every dilation of the registry: plain, subsampled (stride 2, even dilation), explicitly
+    padded (d > 4) and centre-tap-only (dilation ≥ map) paths."""
+    import torch.nn.functional as F
+
+    from gasnas.space.depthwise import depthwise_conv3x3
+
+    torch.manual_seed(0)
+    for d in (1, 2, 4, 8):
+        x = torch.randn(2, 5, *size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        w = torch.randn(5, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+        y = depthwise_conv3x3(x, w, stride, d)
+        ref = F.conv2d(x, w, None, stride, d, d, 5)
+        go = torch.randn_like(ref)
+        assert y.shape == ref.shape and torch.allclose(y, ref, atol=1e-12)
+        for got, want in zip(torch.autograd.grad(y, (x, w), go), torch.autograd.grad(ref, (x, w), go)):
+            assert torch.allclose(got, want, rtol=1e-10, atol=1e-10), f"dilation {d}"
+
+
+def test_sepconv_takes_the_fast_depthwise_path_only_when_training_channels_last(monkeypatch) -> None:
+    """SepConv (derived cells and the head) trains through depthwise.py on channels-last CPU
+    inputs with the same gradients as the plain conv; NCHW, no-grad and traced calls keep
+    nn.Conv2d (so exports and the latency table time the ordinary op)."""
+    from gasnas.space import depthwise, ops
+
+    calls = []
+    real = depthwise.depthwise_conv3x3
+    monkeypatch.setattr(ops, "depthwise_conv3x3", lambda *a: calls.append(a[2:]) or real(*a))
+    torch.manual_seed(0)
+    m = ops.SepConv(6, 8, stride=2, dilation=4).double()
+    x0 = torch.randn(2, 6, 11, 14, dtype=torch.float64)
+    grads = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        m.zero_grad()
+        x = x0.clone(memory_format=layout).requires_grad_()
+        m(x).square().sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in m.parameters()])
+    assert calls == [(2, 4)]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        m(x0.contiguous(memory_format=torch.channels_last))
+    with warnings.catch_warnings():  # the ONNX exporter traces; torch.jit.trace itself is deprecated
+        warnings.simplefilter("ignore")
+        torch.jit.trace(m.eval(), x0.contiguous(memory_format=torch.channels_last).requires_grad_())
+    assert calls == [(2, 4)]

@@ -45,6 +45,9 @@ class DataConfig:
     val_split: str = "val"
     crop_size: list[int] = field(default_factory=lambda: [360, 480])
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    # probability that a training image skips random scaling (not resampled): resampling smooths
+    # an image, so without it the net trains only on images smoother than the test images
+    unscaled_prob: float = 0.0
     eval_size: list[int] | None = None
     flip: bool = True
     color_jitter: float = 0.2  # brightness, contrast and saturation factors in [1 - x, 1 + x]
@@ -73,6 +76,8 @@ class SpaceConfig:
     """Search space: operations, skeleton sizes, cell shape."""
 
     ops: list[str] = field(default_factory=lambda: list(DEFAULT_OPS))
+    # one stride-2 3x3 conv per width; the cells start at 1/2^len (3: the paper's 1/8; 2: 1/4,
+    # a gasnas option for small inputs)
     stem_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     stage_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
     cells_per_stage: list[int] = field(default_factory=lambda: [4, 4, 4])
@@ -81,7 +86,7 @@ class SpaceConfig:
     # decoder steps after the 1/8 head (gasnas addition; [] = paper-style head at 1/8): widths of
     # the stem's 1/4 feature, then of its 1/2 feature, fused in; the classifier runs at the finest
     detail_channels: list[int] = field(default_factory=list)
-    # how the 1/4 step fuses (the 1/2 step is always separable): "conv" a dense 3x3 conv, "sep" a
+    # how the first (1/4) step fuses (the 1/2 step is always separable): "conv" a dense 3x3, "sep" a
     # depthwise-separable one (~7x fewer FLOPs there; the demo's choice since session 7)
     detail_fuse: Literal["conv", "sep"] = "conv"
     aux_heads: bool = False
@@ -403,17 +408,21 @@ def validate(cfg: Config) -> None:
                        ("search.eval_size", cfg.search.eval_size)):
         if value is not None:
             pair(key, value)
+    if not 0.0 <= cfg.data.unscaled_prob <= 1.0:
+        raise GasnasError(f"config key 'data.unscaled_prob': expected a probability in [0, 1], "
+                          f"got {cfg.data.unscaled_prob}")
     lo, hi = (cfg.data.scale_range + [0, 0])[:2]
     if len(cfg.data.scale_range) != 2 or not 0 < lo <= hi:
         raise GasnasError(f"config key 'data.scale_range': expected [min, max], got {cfg.data.scale_range}")
     sp = cfg.space
-    if len(sp.stem_channels) != 3:
-        raise GasnasError("config key 'space.stem_channels': expected 3 widths (three stride-2 convs)")
+    if not 1 <= len(sp.stem_channels) <= 3:
+        raise GasnasError("config key 'space.stem_channels': expected 1-3 widths (one stride-2 conv each; "
+                          f"the cells start at 1/2^len), got {sp.stem_channels}")
     if len(sp.stage_channels) != len(sp.cells_per_stage) or not sp.stage_channels:
         raise GasnasError("config key 'space.cells_per_stage': needs one entry per space.stage_channels")
-    if len(sp.detail_channels) > 2 or any(c < 1 for c in sp.detail_channels):
-        raise GasnasError("config key 'space.detail_channels': at most 2 positive widths (1/4, then 1/2), "
-                          f"got {sp.detail_channels}")
+    if len(sp.detail_channels) >= len(sp.stem_channels) or any(c < 1 for c in sp.detail_channels):
+        raise GasnasError("config key 'space.detail_channels': at most one positive width per stem conv "
+                          f"but the last ({len(sp.stem_channels) - 1} here), got {sp.detail_channels}")
     if sp.nodes < 1:
         raise GasnasError("config key 'space.nodes': must be >= 1")
     from gasnas.space.ops import OPS

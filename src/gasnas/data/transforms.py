@@ -4,7 +4,7 @@ The label travels as a `tv_tensors.Mask`, so every geometric op (resize, crop, p
 dispatched to its mask kernel: nearest(-exact) interpolation only, padding with the ignore value 255.
 Colour ops touch the image alone.
 
-train: random scale (data.scale_range) → pad (image 0, label 255) + random crop (data.crop_size)
+train: random scale (data.scale_range; none with probability data.unscaled_prob) → pad (image 0, label 255) + random crop (data.crop_size)
        → horizontal flip (data.flip) → colour jitter (data.color_jitter, data.hue_jitter; 0 disables)
        → float + ImageNet normalisation
 eval:  optional fixed resize to data.eval_size (label nearest-exact) → float + normalisation
@@ -45,19 +45,26 @@ def resize_pair_member(inpt: Any, size: list[int]) -> Any:
 
 
 class RandomScale(v2.Transform):
-    """Resize by one factor drawn uniformly from [lo, hi] (image bilinear, mask nearest-exact)."""
+    """Resize by one factor drawn uniformly from [lo, hi] (image bilinear, mask nearest-exact);
+    with probability `unscaled_p` the image keeps its size and is not resampled at all.
 
-    def __init__(self, lo: float, hi: float):
+    Why the second: any resampling low-passes the image (antialiased downscaling averages
+    pixels, bilinear upscaling interpolates them), so with scale augmentation alone the network
+    trains on images smoother than the unresampled ones it is tested on."""
+
+    def __init__(self, lo: float, hi: float, unscaled_p: float = 0.0):
         super().__init__()
-        self.lo, self.hi = float(lo), float(hi)
+        self.lo, self.hi, self.unscaled_p = float(lo), float(hi), float(unscaled_p)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         h, w = next(F.get_size(x) for x in flat_inputs if isinstance(x, (tv_tensors.Image, tv_tensors.Mask)))
         s = float(torch.empty(()).uniform_(self.lo, self.hi))
+        if self.unscaled_p > 0 and float(torch.rand(())) < self.unscaled_p:
+            return {"size": None}
         return {"size": [max(1, round(h * s)), max(1, round(w * s))]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return resize_pair_member(inpt, params["size"])
+        return inpt if params["size"] is None else resize_pair_member(inpt, params["size"])
 
 
 class FixedResize(v2.Transform):
@@ -93,11 +100,12 @@ def train_transform(
     flip: bool = True,
     color_jitter: float = 0.2,
     hue_jitter: float | None = None,
+    unscaled_prob: float = 0.0,
 ) -> SegTransform:
     ops: list[Any] = []
     lo, hi = scale_range
     if (lo, hi) != (1.0, 1.0):
-        ops.append(RandomScale(lo, hi))
+        ops.append(RandomScale(lo, hi, unscaled_prob))
     ops.append(
         v2.RandomCrop(
             list(crop_size), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}
@@ -123,5 +131,5 @@ def build_transform(cfg: Any, train: bool) -> SegTransform:
     """The transform a `DataConfig` asks for."""
     if train:
         return train_transform(cfg.crop_size, cfg.scale_range, cfg.flip, cfg.color_jitter,
-                               cfg.hue_jitter)
+                               cfg.hue_jitter, cfg.unscaled_prob)
     return eval_transform(cfg.eval_size)

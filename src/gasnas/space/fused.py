@@ -21,12 +21,8 @@ gradients are the same up to floating-point rounding. What it does differently:
   [N·H·W, branches·C] buffer (one matmul per branch, channels-last rows), normalised by one
   BatchNorm call over all branches' channels (BatchNorm is per channel, so this is each
   branch's own BatchNorm).
-* **Fast depthwise backward.** oneDNN's backward of dilated depthwise convs (and of strided
-  dilated ones) is 10-100x slower than their forward on CPU. A stride-2 conv with an even
-  dilation d only reads even pixels: it is x[::2, ::2] convolved with dilation d/2, stride 1.
-  The input gradient of a stride-1 conv is a forward conv of the output gradient with the
-  flipped kernel. A conv whose dilation is at least the feature map's height and width
-  only sees the centre tap: a per-channel scale.
+* **Fast depthwise backward** (`space/depthwise.py`): oneDNN's backward of dilated depthwise
+  convs is 10-100x slower than their forward on CPU; the same sums are computed another way.
 * **Only the gradients that are asked for.** The weight step freezes α (`frozen` in
   engine/architect.py): no op-weight gradients are computed. The α step freezes the weights:
   no weight gradients, no depthwise recomputation. The first cell's edges get no input
@@ -45,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gasnas.space.depthwise import dw_backward, dw_forward
 from gasnas.space.ops import ConvBNReLU, FactorizedReduce, SepConv
 
 CL = torch.channels_last
@@ -134,93 +131,6 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                      _rows(b.contiguous(memory_format=CL)).reshape(-1))
 
 
-def _dw_plan(x: torch.Tensor, stride: int, dilation: int) -> tuple[torch.Tensor, bool, int, int, str]:
-    """How to run a 3x3 depthwise conv (padding = dilation): (input, subsampled, stride,
-    dilation, mode) with mode 'centre' (only the centre tap sees the image) or 'conv'."""
-    sub = stride == 2 and dilation % 2 == 0
-    if sub:  # even dilation, stride 2: only even pixels are read
-        x = x[:, :, ::2, ::2].contiguous(memory_format=CL)
-        stride, dilation = 1, dilation // 2
-    mode = "centre" if stride == 1 and dilation >= x.shape[2] and dilation >= x.shape[3] else "conv"
-    return x, sub, stride, dilation, mode
-
-
-def _dw_forward(x: torch.Tensor, w: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
-    xs, _, s, d, mode = _dw_plan(x, stride, dilation)
-    if mode == "centre":
-        return xs * w[:, 0, 1, 1].view(1, -1, 1, 1)
-    return _dw_conv(xs, w, s, d)
-
-
-def _dw_conv(x: torch.Tensor, w: torch.Tensor, stride: int, d: int) -> torch.Tensor:
-    """3x3 depthwise conv, padding = dilation d. oneDNN's kernel is slow with large padding
-    (d = 8: 5-10x); zero-padding explicitly and convolving without padding is the same sum."""
-    if d > 4:
-        return F.conv2d(F.pad(x, (d, d, d, d)), w, None, stride, 0, d, x.shape[1]).contiguous(memory_format=CL)
-    return F.conv2d(x, w, None, stride, d, d, x.shape[1]).contiguous(memory_format=CL)
-
-
-def _dw_backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: int, dilation: int,
-                 gx: torch.Tensor | None, need_w: bool) -> torch.Tensor | None:
-    """Add the input gradient of a depthwise conv into `gx` (if given); return its weight
-    gradient (if `need_w`)."""
-    if need_w:
-        xs, sub, s, d, mode = _dw_plan(x, stride, dilation)
-    else:
-        xs, (sub, s, d, mode) = x, _dw_plan_no_copy(x, stride, dilation)
-    c = w.shape[0]
-    gxs = gw = None
-    if gx is not None:
-        if mode == "centre":
-            gxs = gy * w[:, 0, 1, 1].view(1, -1, 1, 1)
-        elif s == 1:  # the transposed conv of a stride-1 'same' conv: the flipped kernel
-            gxs = _dw_conv(gy, w.flip(2, 3), 1, d)
-        else:  # stride 2, odd dilation (x itself, not subsampled)
-            gxs = torch.ops.aten.convolution_backward(
-                gy, x, w, None, [s, s], [d, d], [d, d], False, [0, 0], c, [True, False, False])[0]
-    if need_w:
-        if mode == "centre":
-            gw = torch.zeros_like(w)
-            gw[:, 0, 1, 1] = (gy * xs).sum(dim=(0, 2, 3))
-        elif s == 1 and d > 1:
-            gw = _dw_weight_grad_taps(gy, xs, d)
-        else:
-            gw = torch.ops.aten.convolution_backward(
-                gy, xs, w, None, [s, s], [d, d], [d, d], False, [0, 0], c, [False, True, False])[1]
-    if gx is not None:
-        (gx[:, :, ::2, ::2] if sub else gx).add_(gxs)
-    return gw
-
-
-def _dw_weight_grad_taps(gy: torch.Tensor, x: torch.Tensor, d: int) -> torch.Tensor:
-    """Weight gradient of a stride-1 3x3 depthwise conv with dilation d (padding d): per tap,
-    Σ gy · x shifted, over the pixels where the shifted x lies inside the map. oneDNN's dilated
-    depthwise weight gradient is 1.2-9x slower (most when the dilation nears the map size)."""
-    n, c, hgt, wid = gy.shape
-    g4, x4 = gy.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1)  # channels last: reduce to C
-    gw = gy.new_zeros(9, c)
-    for i in range(3):
-        di = (i - 1) * d
-        h0, h1 = max(0, -di), min(hgt, hgt - di)
-        for j in range(3):
-            dj = (j - 1) * d
-            w0, w1 = max(0, -dj), min(wid, wid - dj)
-            if h0 < h1 and w0 < w1:
-                torch.sum(g4[:, h0:h1, w0:w1] * x4[:, h0 + di:h1 + di, w0 + dj:w1 + dj], dim=(0, 1, 2),
-                          out=gw[3 * i + j])
-    return gw.t().reshape(c, 1, 3, 3)
-
-
-def _dw_plan_no_copy(x: torch.Tensor, stride: int, dilation: int) -> tuple[bool, int, int, str]:
-    """`_dw_plan` without building the subsampled input (for input gradients only)."""
-    sub = stride == 2 and dilation % 2 == 0
-    h, w = x.shape[2], x.shape[3]
-    if sub:
-        stride, dilation, h, w = 1, dilation // 2, (h + 1) // 2, (w + 1) // 2
-    mode = "centre" if stride == 1 and dilation >= h and dilation >= w else "conv"
-    return sub, stride, dilation, mode
-
-
 def _sep_pointwise(spec: MixedSpec, x: torch.Tensor, params: list[torch.Tensor], ho: int, wo: int,
                    keep: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """The separable branches up to their pointwise convs: one channels-last [N, branches·C,
@@ -231,7 +141,7 @@ def _sep_pointwise(spec: MixedSpec, x: torch.Tensor, params: list[torch.Tensor],
     ds = [] if keep else None
     for j, dil in enumerate(spec.sep_dil):
         dw, pw = params[4 * j], params[4 * j + 1]
-        d = _dw_forward(x, dw, spec.stride, dil)
+        d = dw_forward(x, dw, spec.stride, dil)
         torch.mm(_rows(d), pw.view(c, c).t(), out=rows[:, j])
         if keep:
             ds.append(d)
@@ -480,11 +390,11 @@ class _MixedOp(torch.autograd.Function):
                         dw, pw = params[k + 4 * j], params[k + 4 * j + 1]
                         ghj = gh_rows[:, j]
                         if need_pw[j]:
-                            d = ds[j] if ds is not None else _dw_forward(x, dw, s, dil)
+                            d = ds[j] if ds is not None else dw_forward(x, dw, s, dil)
                             gp[k + 4 * j + 1] = torch.mm(ghj.t(), _rows(d)).view_as(pw)
                         if need_x or need_dw[j]:
                             gd = _image(torch.mm(ghj, pw.view(c, c)), n, ho, wo)
-                            gp[k + 4 * j] = _dw_backward(gd, x, dw, s, dil, gx, need_dw[j])
+                            gp[k + 4 * j] = dw_backward(gd, x, dw, s, dil, gx, need_dw[j])
         return (None, gx, gw, *gp)
 
 

@@ -8,7 +8,8 @@ and a classifier at 1/8, bilinear upsampling to the input size.
 Optional (`space.detail_channels`, gasnas addition, empty by default): decoder steps that fuse
 the stem's 1/4 feature (first entry) and then its 1/2 feature (second entry) into the head
 (DeepLabV3+-style) and classify at the finest one, so thin objects survive on small inputs where
-1/8 is only a few dozen pixels across.
+1/8 is only a few dozen pixels across. A stem of fewer convs (gasnas addition) starts the cells
+at 1/2^len(stem_channels); the detail steps then fuse the stem features finer than that.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def plan_cells(space: SpaceConfig) -> list[CellPlan]:
     """The cell sequence of the skeleton; both networks and the latency table iterate this."""
     plans: list[CellPlan] = []
     stem_out = space.stem_channels[-1]
-    c_pp, c_p, reduction_prev, scale = stem_out, stem_out, False, 8
+    c_pp, c_p, reduction_prev, scale = stem_out, stem_out, False, 2 ** len(space.stem_channels)
     k = 0
     for stage, (c, n_normal) in enumerate(zip(space.stage_channels, space.cells_per_stage)):
         kinds = ([True] if stage > 0 else []) + [False] * n_normal
@@ -66,7 +67,7 @@ def stage_outputs(plans: list[CellPlan]) -> list[int]:
 
 def detail_stem_indices(space: SpaceConfig) -> list[int]:
     """Which stem convs' outputs the detail steps fuse, in order (conv i outputs 1/2^(i+1)):
-    the 1/4 feature first, then the 1/2 one."""
+    coarse to fine from the one before the last (with three convs: 1/4, then 1/2)."""
     return [len(space.stem_channels) - 2 - i for i in range(len(space.detail_channels))]
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gasnas.space.depthwise import depthwise_conv3x3
+
 
 class ConvBNReLU(nn.Sequential):
     """k x k conv → BN → ReLU; the basic block of the stem, the head and the `conv_3x3` op."""
@@ -41,6 +43,22 @@ class SepConv(nn.Sequential):
             nn.BatchNorm2d(c_out),
             nn.ReLU(inplace=True),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dw, pointwise, bn, relu = self
+        if _fast_depthwise(x, dw.weight):
+            x = depthwise_conv3x3(x, dw.weight, dw.stride[0], dw.dilation[0])
+        else:
+            x = dw(x)
+        return relu(bn(pointwise(x)))
+
+
+def _fast_depthwise(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Training on CPU in channels-last: take depthwise.py's backward. Exports and traces, CUDA
+    and NCHW inputs keep the plain conv."""
+    return ((x.requires_grad or weight.requires_grad) and torch.is_grad_enabled() and x.device.type == "cpu"
+            and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
 
 
 class FactorizedReduce(nn.Module):
