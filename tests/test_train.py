@@ -174,3 +174,43 @@ def test_class_weighting_without_labelled_pixels_is_a_one_line_error(tmp_path_fa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(data) in err[0] and "train.class_weighting=enet" in err[0]
     assert not (cfg.run_dir / "train" / "last.pt").exists()
+
+
+def test_logit_adjustment_folds_the_best_tau_into_best_pt_once(tmp_path_factory, single_thread, capsys) -> None:  # noqa: F811
+    """train.logit_adjust: τ is the argmax of the sweep on every k-th training image, folded
+    into the classifier bias of best.pt (last.pt keeps the raw weights), the recorded val mIoU is
+    that of the adjusted net, and resuming the finished run does not adjust twice."""
+    from torch.utils.data import Subset
+
+    from gasnas.data import build_dataset
+    from gasnas.engine.evaluate import LOGIT_ADJUST_TAUS, evaluate, logit_adjust_sweep
+    from gasnas.engine.sampling import eval_loader
+
+    data = data_root(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("train-la")
+    cfg = tiny_config(data, tmp, "la", "train.class_weighting=enet", "train.epochs=1",
+                      "train.logit_adjust=true", "train.logit_adjust_every=2")
+    best = run_train(cfg, random_genotype(cfg, tmp / "genotype.json"), show_progress=False)
+    model, meta = load_derived_checkpoint(best)
+    record = meta["logit_adjust"]
+    train_ds = build_dataset(cfg.data, cfg.data.train_split, train=False)
+    assert record["calibration_images"] == len(range(0, len(train_ds), 2))
+
+    raw = DerivedNet(model.genotype)
+    raw.load_state_dict(load_ckpt(best.parent / "last.pt", "train")["model"])  # epoch 1 = the best one
+    log_w = torch.log(torch.tensor(meta["class_weights"]))
+    sweep = logit_adjust_sweep(raw, eval_loader(Subset(train_ds, list(range(0, len(train_ds), 2)))), log_w,
+                               LOGIT_ADJUST_TAUS, 11)
+    assert sweep == pytest.approx(list(record["calibration_miou"].values()))
+    tau = record["tau"]
+    assert sweep[LOGIT_ADJUST_TAUS.index(tau)] == max(sweep)
+    assert torch.allclose(model.head.classifier.bias, raw.head.classifier.bias - tau * log_w, atol=1e-6)
+    val = eval_loader(build_dataset(cfg.data, cfg.data.val_split, train=False))
+    assert evaluate(model, val, 11)["miou"] == pytest.approx(meta["miou"])
+    assert logit_adjust_sweep(raw, val, log_w, [0.0], 11)[0] == pytest.approx(record["val_miou_before"])
+    assert "logit adjustment: tau" in capsys.readouterr().err
+
+    again = run_train(cfg, None, resume=best.parent, show_progress=False)
+    assert torch.equal(load_derived_checkpoint(again)[0].head.classifier.bias, model.head.classifier.bias)
+    with pytest.raises(Exception, match="train.logit_adjust"):
+        tiny_config(data, tmp, "la2", "train.logit_adjust=true")

@@ -184,6 +184,11 @@ class TrainConfig:
     # 0 = off; else the decay per step, ramped as min(decay, (1 + t)/(10 + t)). With it on, the
     # EMA weights are the ones evaluated and saved as "model"; the raw ones only resume.
     ema_decay: float = 0.0
+    # Post-hoc logit adjustment (needs class_weighting): after the last epoch, fold −τ·log w_c into
+    # the classifier's bias of best.pt, τ in {0, 0.25, 0.5, 0.75, 1} chosen by mIoU on every
+    # logit_adjust_every-th training image at native scale (never on the val split)
+    logit_adjust: bool = False
+    logit_adjust_every: int = 6
     eval_every: int = 5
     max_steps_per_epoch: int | None = None
     pretrained: str | None = None
@@ -438,6 +443,11 @@ def validate(cfg: Config) -> None:
         raise GasnasError("config key 'search.warmup_epochs': larger than search.epochs")
     if cfg.train.dice_weight < 0:
         raise GasnasError(f"config key 'train.dice_weight': must be >= 0, got {cfg.train.dice_weight}")
+    if cfg.train.logit_adjust and cfg.train.class_weighting == "none":
+        raise GasnasError("config key 'train.logit_adjust': needs train.class_weighting (enet or "
+                          "median_freq): it undoes part of the class weights' shift")
+    if cfg.train.logit_adjust_every < 1:
+        raise GasnasError(f"config key 'train.logit_adjust_every': must be >= 1, got {cfg.train.logit_adjust_every}")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise GasnasError(f"config key 'train.ema_decay': expected 0 (off) or a decay in (0, 1), "
                           f"got {cfg.train.ema_decay}")

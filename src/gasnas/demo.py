@@ -45,6 +45,16 @@ def _fmt(v: Any, nd: int = 2) -> str:
     return "n/a" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+def _logit_adjust_rows(meta: dict) -> list[str]:
+    """The report's line on `train.logit_adjust` when the run did it."""
+    rec = meta.get("logit_adjust")
+    if not rec:
+        return []
+    before = rec.get("val_miou_before")
+    return [f"| logit adjustment (τ chosen on {rec['calibration_images']} training images) | τ = {rec['tau']}; "
+            f"val mIoU without it {_fmt(None if before is None else before * 100, 1)} |"]
+
+
 def _measured_ms(genotype: Any, cfg: Config, run_dir: Path) -> float:
     """The derived net's latency on the search's calm-phase scale: timed in a fresh process
     beside the search's reference net, scaled by the reference's calmest timing of the search
@@ -168,6 +178,7 @@ def run_demo(cfg: Config, with_peers: bool = True, show_progress: bool = True) -
         f"| val mIoU (synthetic, {len(val)} images) | {metrics['miou'] * 100:.1f} |",
         f"| val mIoU with flip + scales {', '.join(map(str, TTA_SCALES))} (test-time augmentation) | {tta['miou'] * 100:.1f} |",
         f"| pixel accuracy | {metrics['pixel_acc'] * 100:.1f} |",
+        *_logit_adjust_rows(meta),
         f"| predicted latency (LUT, {cfg.latency.input_size[0]}x{cfg.latency.input_size[1]}) | {_fmt(predicted)} ms |",
         f"| measured latency (same size, {cfg.latency.device}) | {measured:.2f} ms |",
         f"| params | {count_params(model) / 1e6:.3f} M |",

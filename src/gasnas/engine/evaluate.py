@@ -92,6 +92,34 @@ def evaluate(model: nn.Module, loader: DataLoader | Any, num_classes: int, ignor
     return summarize(cm.cpu(), class_names)
 
 
+LOGIT_ADJUST_TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@torch.no_grad()
+def logit_adjust_sweep(model: nn.Module, loader: DataLoader | Any, log_weights: torch.Tensor,
+                       taus: Sequence[float], num_classes: int, ignore_index: int = 255) -> list[float]:
+    """Dataset-level mIoU of argmax(logits − τ·log w) for each τ, one forward pass per batch.
+
+    Post-hoc logit adjustment (Menon et al., ICLR 2021): a class-weighted loss moves every
+    decision boundary toward the frequent classes' side, so the rare classes are over-predicted
+    (on the demo, thin classes on 1.3-1.4x their pixels); subtracting τ·log w_c from the logits
+    moves the boundaries back part of the way. The model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    shift = log_weights.to(device).view(1, -1, 1, 1)
+    cms = torch.zeros(len(taus), num_classes, num_classes, dtype=torch.int64, device=device)
+    try:
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images)
+            for i, tau in enumerate(taus):
+                cms[i] += confusion_matrix((logits - tau * shift).argmax(1), labels, num_classes, ignore_index)
+    finally:
+        model.train(was_training)
+    return [summarize(cm.cpu())["miou"] for cm in cms]
+
+
 # --------------------------------------------------------------------------- CLI
 
 

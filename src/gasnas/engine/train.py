@@ -287,10 +287,61 @@ class TrainRun:
                 self._train_epoch(stop)
                 self._end_epoch()
                 self._check_stop(stop)
+        if tc.logit_adjust and self.main:
+            self._logit_adjust()
         if self.main:
             log(f"best val mIoU {100 * self.best_miou:.2f} (epoch {self.best_epoch}): {self.best_path}", True)
         D.barrier(self.info)
         return self.best_path
+
+    def _logit_adjust(self) -> None:
+        """Post-hoc logit adjustment of best.pt (`train.logit_adjust`; engine/evaluate.py
+        `logit_adjust_sweep`): τ from every k-th training image at native scale, folded into the
+        classifier's bias (logits are resized bilinearly, so a per-class constant passes through
+        unchanged), then the val split evaluated again. Runs on the main process only, after the
+        last epoch; a best.pt that already records it (a resumed run) is left as it is."""
+        from torch.utils.data import Subset
+
+        from gasnas.data import build_dataset
+        from gasnas.engine.evaluate import LOGIT_ADJUST_TAUS, logit_adjust_sweep
+        from gasnas.fileio import torch_load
+        from gasnas.space.derived import load_derived_checkpoint
+
+        tc = self.cfg.train
+        if self.genotype is None or self.class_weights is None:
+            log("train.logit_adjust: only for a gasnas net trained with class weights; skipped", True)
+            return
+        ck = torch_load(self.best_path)
+        if "logit_adjust" in (ck.get("meta") or {}):
+            return
+        model, _ = load_derived_checkpoint(self.best_path)
+        model.to(device=self.device, memory_format=self.memory_format)
+        calib_ds = build_dataset(self.cfg.data, self.cfg.data.train_split, train=False)  # native scale
+        calib = Subset(calib_ds, list(range(0, len(calib_ds), tc.logit_adjust_every)))
+        log_w = torch.log(torch.tensor(self.class_weights, dtype=torch.float32))
+        sweep = logit_adjust_sweep(model, eval_loader(calib, workers=self.cfg.data.workers), log_w,
+                                   LOGIT_ADJUST_TAUS, self.num_classes, self.cfg.data.ignore_index)
+        best = max(range(len(sweep)), key=lambda i: (sweep[i], -i))  # ties: the smaller τ
+        tau = LOGIT_ADJUST_TAUS[best]
+        with torch.no_grad():
+            model.head.classifier.bias.sub_(tau * log_w.to(self.device))
+        before = ck["meta"].get("miou")
+        result = evaluate(model, eval_loader(self.val_ds, workers=self.cfg.data.workers), self.num_classes,
+                          self.cfg.data.ignore_index, class_names=self.class_names)
+        record = {"tau": tau, "calibration_images": len(calib),
+                  "calibration_miou": {str(t): m for t, m in zip(LOGIT_ADJUST_TAUS, sweep)},
+                  "val_miou_before": before}
+        ck["model"] = model.state_dict()
+        ck["meta"].update(miou=result["miou"], pixel_acc=result["pixel_acc"], iou=nan_to_none(result["iou"]),
+                          logit_adjust=record)
+        ckpt_io.save(self.best_path, {k: v for k, v in ck.items() if k != "format_version"})
+        self.best_miou = result["miou"]
+        self.metrics.append({"logit_adjust_tau": tau, "calibration_miou": record["calibration_miou"],
+                             "val_miou_before": before, "val_miou": result["miou"],
+                             "val_pixel_acc": result["pixel_acc"]})
+        log(f"logit adjustment: tau {tau} (mIoU on {len(calib)} training images "
+            f"{100 * sweep[0]:.2f} -> {100 * sweep[best]:.2f}); val mIoU "
+            f"{100 * (before or 0):.2f} -> {100 * result['miou']:.2f}", True)
 
     def _check_stop(self, stop: StopSignal) -> None:
         if D.any_rank(stop.requested, self.info, self.device):
