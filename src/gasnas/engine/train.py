@@ -305,7 +305,7 @@ class TrainRun:
         from gasnas.data import build_dataset
         from gasnas.engine.evaluate import LOGIT_ADJUST_TAUS, logit_adjust_sweep
         from gasnas.fileio import torch_load
-        from gasnas.space.derived import load_derived_checkpoint
+        from gasnas.space.derived import derived_from_checkpoint
 
         tc = self.cfg.train
         if self.genotype is None or self.class_weights is None:
@@ -314,7 +314,7 @@ class TrainRun:
         ck = torch_load(self.best_path)
         if "logit_adjust" in (ck.get("meta") or {}):
             return
-        model, _ = load_derived_checkpoint(self.best_path)
+        model, _ = derived_from_checkpoint(ck, self.best_path)
         model.to(device=self.device, memory_format=self.memory_format)
         calib_ds = build_dataset(self.cfg.data, self.cfg.data.train_split, train=False)  # native scale
         calib = Subset(calib_ds, list(range(0, len(calib_ds), tc.logit_adjust_every)))
@@ -334,7 +334,7 @@ class TrainRun:
         ck["model"] = model.state_dict()
         ck["meta"].update(miou=result["miou"], pixel_acc=result["pixel_acc"], iou=nan_to_none(result["iou"]),
                           logit_adjust=record)
-        ckpt_io.save(self.best_path, {k: v for k, v in ck.items() if k != "format_version"})
+        ckpt_io.save(self.best_path, ck)
         self.best_miou = result["miou"]
         self.metrics.append({"logit_adjust_tau": tau, "calibration_miou": record["calibration_miou"],
                              "val_miou_before": before, "val_miou": result["miou"],

@@ -53,16 +53,26 @@ def _dw_conv(x: torch.Tensor, w: torch.Tensor, stride: int, d: int) -> torch.Ten
 
 
 def dw_backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: int, dilation: int,
-                 gx: torch.Tensor | None, need_w: bool) -> torch.Tensor | None:
+                gx: torch.Tensor | None, need_w: bool) -> torch.Tensor | None:
     """Add the input gradient of a depthwise conv into `gx` (if given); return its weight
     gradient (if `need_w`)."""
+    gxs, sub, gw = _dw_grads(gy, x, w, stride, dilation, gx is not None, need_w)
+    if gx is not None:
+        (gx[:, :, ::2, ::2] if sub else gx).add_(gxs)
+    return gw
+
+
+def _dw_grads(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: int, dilation: int,
+              need_x: bool, need_w: bool) -> tuple[torch.Tensor | None, bool, torch.Tensor | None]:
+    """(input gradient, subsampled, weight gradient) of a depthwise conv; when subsampled, the
+    input gradient covers only x[:, :, ::2, ::2] (the pixels the conv reads)."""
     if need_w:
         xs, sub, s, d, mode = _dw_plan(x, stride, dilation)
     else:
         xs, (sub, s, d, mode) = x, _dw_plan_no_copy(x, stride, dilation)
     c = w.shape[0]
     gxs = gw = None
-    if gx is not None:
+    if need_x:
         if mode == "centre":
             gxs = gy * w[:, 0, 1, 1].view(1, -1, 1, 1)
         elif s == 1:  # the transposed conv of a stride-1 'same' conv: the flipped kernel
@@ -79,9 +89,7 @@ def dw_backward(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: int,
         else:
             gw = torch.ops.aten.convolution_backward(
                 gy, xs, w, None, [s, s], [d, d], [d, d], False, [0, 0], c, [False, True, False])[1]
-    if gx is not None:
-        (gx[:, :, ::2, ::2] if sub else gx).add_(gxs)
-    return gw
+    return gxs, sub, gw
 
 
 def _dw_weight_grad_taps(gy: torch.Tensor, x: torch.Tensor, d: int) -> torch.Tensor:
@@ -124,9 +132,12 @@ class _DepthwiseConv3x3(torch.autograd.Function):
     def backward(ctx, gy: torch.Tensor):
         x, w = ctx.saved_tensors
         stride, dilation = ctx.geometry
-        gy = gy.contiguous(memory_format=CL)
-        gx = torch.zeros_like(x, memory_format=CL) if ctx.needs_input_grad[0] else None
-        gw = dw_backward(gy, x, w, stride, dilation, gx, ctx.needs_input_grad[1])
+        need_x, need_w = ctx.needs_input_grad[:2]
+        gxs, sub, gw = _dw_grads(gy.contiguous(memory_format=CL), x, w, stride, dilation, need_x, need_w)
+        gx = gxs
+        if need_x and sub:  # the conv read only the even pixels: the others get no gradient
+            gx = torch.zeros_like(x, memory_format=CL)
+            gx[:, :, ::2, ::2] = gxs
         return gx, gw, None, None
 
 
