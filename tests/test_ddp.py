@@ -5,13 +5,16 @@ Why not bit-identical: each process sums its half of the batch, and sums are the
 across processes, so floating-point additions happen in a different order (the same is true
 of the BatchNorm statistics, which are global: engine/distributed.py GlobalBatchNorm2d, and of
 the mixed ops, which run unfused under several processes). One step's gradients agree to
-~1e-7 relative. Tolerances: metrics rel 1e-4, weights and buffers 1e-4, α 1e-5 absolute
-(observed: losses 1.5e-6 relative, α 1.1e-6, weights/BN buffers 2.5e-5).
+~1e-7 relative. Tolerances: metrics rel 1e-4, weights and buffers 1e-4, α 5e-5 absolute (a
+sixth of one Adam step; observed: losses 1.5e-6 relative, α 1.5e-5, weights/BN buffers 2.5e-5).
 
 Tiny-network caveat: at the default search.w_lr = 0.025 this 32x48 supernet is chaotic (its
 deepest BatchNorms see 4 values): a 1e-7 difference grows ~50x per step, and ONE process
 running the same maths with fused vs unfused mixed-op kernels diverges just as fast as 1 vs 2
-processes. The test therefore uses w_lr = 0.002; every other setting is the default path.
+processes. The test therefore uses w_lr = 0.002, and the one-process runs unfuse their mixed
+ops as the two processes do (with the input padded to the stride, fused vs unfused in ONE
+process moved α by 1.5e-4, the same as 1 vs 2 processes fused; unfused 1 vs 2: 1.5e-5,
+session 10). Every other setting is the default path.
 
 Even then a few quantities are rounding-chaotic: α after Adam steps (Adam's first steps are
 ±lr for gradients whose sign rounding can flip) and, in training, OHEM's threshold (a pixel
@@ -69,7 +72,19 @@ def _launcher() -> list[str]:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-def test_two_processes_match_one(tmp_path_factory, single_thread) -> None:  # noqa: F811
+def test_two_processes_match_one(tmp_path_factory, single_thread, monkeypatch) -> None:  # noqa: F811
+    import gasnas.space.supernet as supernet_module
+
+    class UnfusedSupernet(supernet_module.Supernet):
+        """The mixed ops as plain modules: what engine/search.py runs under several processes."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            for m in self.modules():
+                if hasattr(m, "fused"):
+                    m.fused = False
+
+    monkeypatch.setattr(supernet_module, "Supernet", UnfusedSupernet)
     data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("ddp")
     extra = (f"latency.lut={lut}", "search.batch_size=4", "search.max_steps_per_epoch=2",
@@ -111,7 +126,7 @@ def test_two_processes_match_one(tmp_path_factory, single_thread) -> None:  # no
     spread = _rounding_spread(s1, load_ckpt(rounding.run_dir / "checkpoints/last.pt", "search")["supernet"])
     worst = _assert_close(s1, s2, spread, atol=1e-4, rtol=1e-4)
     alphas = [k for k in s1 if k.startswith("alphas.")]
-    assert alphas and all(worst[k] < 1e-5 or worst[k] <= ROUNDING_SLACK * spread[k] for k in alphas)
+    assert alphas and all(worst[k] < 5e-5 or worst[k] <= ROUNDING_SLACK * spread[k] for k in alphas)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
@@ -161,4 +176,8 @@ def test_two_processes_train_like_one(tmp_path_factory, single_thread, loss: str
     m1 = load_ckpt(one.run_dir / "train/last.pt", "train")["model"]
     m2 = load_ckpt(two.run_dir / "train/last.pt", "train")["model"]
     for k in m1:
-        assert torch.allclose(m1[k].float(), m2[k].float(), rtol=1e-5, atol=1e-5), k
+        # 5e-5: 2.5% of one AdamW step (lr 0.002); a step is ~lr x sign(g), so an element whose
+        # gradient cancels to ~1e-8 moves by rounding (session 10, input padded to the stride:
+        # 1 of 256 weights of cells.4.pre1 differed by 1.8e-5). A missing all-reduce moves most
+        # weights by ~lr.
+        assert torch.allclose(m1[k].float(), m2[k].float(), rtol=1e-5, atol=5e-5), k

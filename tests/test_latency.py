@@ -63,13 +63,16 @@ def one_op_genotype(op: str, space: SpaceConfig = SPACE) -> Genotype:
 
 
 def test_keys_carry_full_shape_and_match_the_real_network() -> None:
-    layout = space_layout(SPACE, CLASSES, [33, 47])  # odd sizes: ceil division everywhere
+    # Odd sizes without padding to the stride (tests/test_input_padding.py: with): ceil division
+    # everywhere.
+    space = dataclasses.replace(SPACE, pad_to_stride=False)
+    layout = space_layout(space, CLASSES, [33, 47])
     keys = {it.key for it in layout.items()}
     assert "conv_3x3_H5_W6_Cin8_Cout8_s1_d1" in keys
     assert "dil_sep_conv_3x3_r4_H5_W6_Cin16_Cout16_s2_d4" in keys
     assert "stem_H33_W47_C4-4-8" in keys
     assert not any(k.startswith("none_") for k in keys)
-    net = DerivedNet(one_op_genotype("sep_conv_3x3")).eval()
+    net = DerivedNet(one_op_genotype("sep_conv_3x3", space)).eval()
     seen = []
     for cell in net.cells:
         cell.register_forward_hook(lambda m, i, o: seen.append((tuple(i[0].shape), tuple(i[1].shape), tuple(o.shape))))
@@ -412,7 +415,7 @@ def test_cli_build_validate_end_to_end(tmp_path: Path, capsys) -> None:
     assert rc == 0 and lut.is_file()
     data = json.loads(lut.read_text())
     assert data["env"]["threads"] == 1 and len(data["calibration"]) == 1
-    assert "stem_H32_W48_C4-4-8" in data["entries"]
+    assert "stem_H32_W48_C4-4-8_P32x64" in data["entries"]  # padded to the stride (32)
     out = tmp_path / "val"
     rc = main(["latency", "validate", "--lut", str(lut), "--config", str(cfg), "--input", "32x48",
                "--samples", "5", "--rounds", "2", "--out", str(out), "--no-progress"])

@@ -89,6 +89,10 @@ class SpaceConfig:
     # how the first (1/4) step fuses (the 1/2 step is always separable): "conv" a dense 3x3, "sep" a
     # depthwise-separable one (~7x fewer FLOPs there; the demo's choice since session 7)
     detail_fuse: Literal["conv", "sep"] = "conv"
+    # pad the input (edge-replicate, right/bottom) to a multiple of the net's stride and crop the
+    # logits back, so every stride-2 step halves an even size at any input size, as in training
+    # on crops that are multiples of it (gasnas addition; docs/method.md "Input padding")
+    pad_to_stride: bool = True
     aux_heads: bool = False
     ggm: GGMConfig = field(default_factory=GGMConfig)
 

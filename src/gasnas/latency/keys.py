@@ -6,13 +6,17 @@ Keys carry the full shape (FasterSeg's idea), so one table serves many spaces:
 
     conv_3x3_H45_W60_Cin64_Cout64_s1_d1          an edge op, input 45x60, 64 -> 64 channels
     stem_H360_W480_C16-32-64                     the three stride-2 stem convs
+    stem_H180_W240_C32-48-64_P192x256            ... after the input's padding to the net's
+                                                 stride (`space.pad_to_stride`)
     cell_s0H45_W60_C64_s1H23_W30_C128_C128_n2_r0 a cell skeleton: preprocess both inputs,
                                                  one add per kept edge beyond the first of each
                                                  node, concat, 1x1 projection
     head_F45x60-23x30-12x15_C64-128-256_Ch64_cls11_out360x480
                                                  context head + upsampling to the input size
                                                  (`_D90x120_C32-16` after `_Ch64` per detail
-                                                 step: its input HxW, C in-out)
+                                                 step: its input HxW, C in-out; `_up192x256`
+                                                 at the end: upsampled to the padded size, then
+                                                 cropped)
 
 Each item can build the module it times and example inputs of the right shape.
 """
@@ -31,6 +35,9 @@ from gasnas.space.network import (
     ContextHead,
     Stem,
     detail_stem_indices,
+    net_stride,
+    pad_to_multiple,
+    padded_size,
     plan_cells,
     resize,
     stage_outputs,
@@ -67,18 +74,41 @@ class OpItem:
         return OPS[self.op](self.c_in, self.c_out, self.stride), (torch.randn(1, self.c_in, self.h, self.w),)
 
 
+class PaddedStem(nn.Module):
+    """The input's padding to the net's stride, then the stem (as `SegmentationNet` runs them)."""
+
+    def __init__(self, stem: Stem, stride: int) -> None:
+        super().__init__()
+        self.stem, self.stride = stem, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(pad_to_multiple(x, self.stride))
+
+
 @dataclass(frozen=True)
 class StemItem:
+    """The stem on an h x w input, padded first to a multiple of `pad_stride` (1: no padding)."""
+
     h: int
     w: int
     widths: tuple[int, ...]
+    pad_stride: int = 1
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        s = self.pad_stride
+        return -(-self.h // s) * s, -(-self.w // s) * s
 
     @property
     def key(self) -> str:
-        return f"stem_H{self.h}_W{self.w}_C{'-'.join(map(str, self.widths))}"
+        ph, pw = self.padded_size
+        pad = f"_P{ph}x{pw}" if (ph, pw) != (self.h, self.w) else ""
+        return f"stem_H{self.h}_W{self.w}_C{'-'.join(map(str, self.widths))}{pad}"
 
     def build(self) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-        return Stem(list(self.widths)), (torch.randn(1, 3, self.h, self.w),)
+        stem = Stem(list(self.widths))
+        module = PaddedStem(stem, self.pad_stride) if self.padded_size != (self.h, self.w) else stem
+        return module, (torch.randn(1, 3, self.h, self.w),)
 
 
 class CellSkeleton(CellBase):
@@ -120,17 +150,25 @@ class SkeletonItem:
 
 
 class HeadWithUpsample(nn.Module):
-    """The context head on the stage features, then bilinear upsampling to the input size,
-    exactly as `SegmentationNet.forward` does it."""
+    """The context head on the stage features, then bilinear upsampling to the (padded) input
+    size and the crop to the input size, exactly as `SegmentationNet.forward` does it."""
 
-    def __init__(self, head: ContextHead, out_size: tuple[int, int]) -> None:
+    def __init__(self, head: ContextHead, out_size: tuple[int, int], up_size: tuple[int, int]) -> None:
         super().__init__()
-        self.head, self.out_size = head, out_size
+        self.head, self.out_size, self.up_size = head, out_size, up_size
 
     def forward(self, *feats: torch.Tensor) -> torch.Tensor:
         n = len(feats) - len(self.head.fuse)  # the last inputs are the stem features of the detail steps
         logits, _ = self.head(list(feats[:n]), list(feats[n:]))
-        return resize(logits, self.out_size)
+        return resize(logits, self.up_size)[..., :self.out_h, :self.out_w].contiguous()
+
+    @property
+    def out_h(self) -> int:
+        return self.out_size[0]
+
+    @property
+    def out_w(self) -> int:
+        return self.out_size[1]
 
 
 @dataclass(frozen=True)
@@ -143,6 +181,12 @@ class HeadItem:
     details: tuple[tuple[int, int, int], ...] = ()  # (C, H, W) of the stem features fused, 1/4 first
     detail_channels: tuple[int, ...] = ()
     detail_fuse: str = "conv"
+    up_h: int = 0  # the padded input size the logits are upsampled to before the crop (0: out)
+    up_w: int = 0
+
+    @property
+    def up_size(self) -> tuple[int, int]:
+        return (self.up_h or self.out_h, self.up_w or self.out_w)
 
     @property
     def key(self) -> str:
@@ -151,15 +195,16 @@ class HeadItem:
         detail = "".join(f"_D{h}x{w}_C{c}-{d}" for (c, h, w), d in zip(self.details, self.detail_channels))
         if self.details and self.detail_fuse != "conv":
             detail += f"_{self.detail_fuse}"
+        up = f"_up{self.up_size[0]}x{self.up_size[1]}" if self.up_size != (self.out_h, self.out_w) else ""
         return (f"head_F{res}_C{chans}_Ch{self.head_channels}{detail}_cls{self.num_classes}"
-                f"_out{self.out_h}x{self.out_w}")
+                f"_out{self.out_h}x{self.out_w}{up}")
 
     def build(self) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         head = ContextHead([c for c, _, _ in self.feats], self.head_channels, self.num_classes, False,
                            [c for c, _, _ in self.details], self.detail_channels, self.detail_fuse)
         shapes = [*self.feats, *self.details]
         inputs = tuple(torch.randn(1, c, h, w) for c, h, w in shapes)
-        return HeadWithUpsample(head, (self.out_h, self.out_w)), inputs
+        return HeadWithUpsample(head, (self.out_h, self.out_w), self.up_size), inputs
 
 
 Item = OpItem | StemItem | SkeletonItem | HeadItem
@@ -212,8 +257,10 @@ class Layout:
 def space_layout(space: SpaceConfig, num_classes: int, input_size: tuple[int, int] | list[int]) -> Layout:
     """Walk the skeleton (stem → `plan_cells(space)` → head) and record every shape."""
     h, w = int(input_size[0]), int(input_size[1])
-    stem = StemItem(h, w, tuple(space.stem_channels))
-    fh, fw = h, w
+    ph, pw = padded_size(space, h, w)
+    padded = (ph, pw) != (h, w)
+    stem = StemItem(h, w, tuple(space.stem_channels), net_stride(space) if padded else 1)
+    fh, fw = ph, pw
     stem_out = []
     for c_stem in space.stem_channels:
         fh, fw = half(fh, fw)
@@ -238,5 +285,5 @@ def space_layout(space: SpaceConfig, num_classes: int, input_size: tuple[int, in
         if plan.index in taps:
             feats.append(s1)
     head = HeadItem(tuple(feats), space.head_channels, num_classes, h, w, details, tuple(space.detail_channels),
-                    space.detail_fuse)
+                    space.detail_fuse, *((ph, pw) if padded else (0, 0)))
     return Layout(tuple(space.ops), stem, tuple(cells), head)
