@@ -51,6 +51,10 @@ def test_padded_net_equals_padding_by_hand_and_differs_from_no_padding(derived: 
     torch.testing.assert_close(out, by_hand)
     # without padding the odd sizes (45 -> 23 -> 12 -> 6 -> 3 -> 2) change every coarse feature
     assert (out - unpadded).abs().max() > 1e-3
+    # padding has no weights: switching it off on the padded net gives the unpadded net
+    net.set_input_padding(False)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), unpadded)
 
 
 def test_padded_net_trains_and_crops_its_aux_logits() -> None:

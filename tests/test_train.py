@@ -59,7 +59,7 @@ def test_weight_ema_averages_floats_and_copies_step_counts() -> None:
     assert torch.allclose(ema.module[0].weight, 0.1 * now["0.weight"] + 0.9 * net[0].weight)
 
 
-def test_train_writes_loadable_checkpoints_and_eval_reads_them(tmp_path_factory, single_thread, capsys) -> None:  # noqa: F811
+def test_train_writes_loadable_checkpoints_and_eval_reads_them(tmp_path_factory, single_thread, capsys, monkeypatch) -> None:  # noqa: F811
     data = data_root(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("train")
     cfg = tiny_config(data, tmp, "tr", "space.aux_heads=true")
@@ -99,6 +99,16 @@ def test_train_writes_loadable_checkpoints_and_eval_reads_them(tmp_path_factory,
     assert result["miou"] == pytest.approx(meta["miou"])
     assert len(result["confusion"]) == 11 and len(result["iou"]) == 11
     assert len(list(preds.glob("val_*.png"))) == 2 and (preds / "examples.png").is_file()
+    # the padding to the stride has no weights: eval turns it off on request (what that changes
+    # at the network: tests/test_input_padding.py)
+    from gasnas.space.network import SegmentationNet
+
+    calls: list[bool] = []
+    real = SegmentationNet.set_input_padding
+    monkeypatch.setattr(SegmentationNet, "set_input_padding", lambda self, on: (calls.append(on), real(self, on))[1])
+    unpadded = tmp / "eval-unpadded.json"
+    assert main(["eval", "--checkpoint", str(best), "--set", "space.pad_to_stride=false", "--json", str(unpadded)]) == 0
+    assert calls[-1] is False and 0.0 <= json.loads(unpadded.read_text())["miou"] <= 1.0
     # TTA runs and gives a valid number
     assert main(["eval", "--checkpoint", str(best), "--flip", "--scales", "0.75,1,1.25", "--json", str(report)]) == 0
     assert 0.0 <= json.loads(report.read_text())["miou"] <= 1.0

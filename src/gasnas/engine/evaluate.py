@@ -164,6 +164,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
     model, meta = load_trained(args.checkpoint)
     cfg = config_for_checkpoint(meta, args.config, args.overrides)
+    if hasattr(model, "set_input_padding"):  # weightless: the config (or --set) decides
+        model.set_input_padding(cfg.space.pad_to_stride)
     configure_determinism(cfg.deterministic)
     device = resolve_device(cfg.device)
     split = args.split or cfg.data.val_split

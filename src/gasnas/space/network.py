@@ -169,7 +169,7 @@ class SegmentationNet(nn.Module):
         self.channels_last = channels_last
         self.space, self.num_classes = space, num_classes
         self.plans = plan_cells(space)
-        self.pad_stride = net_stride(space) if space.pad_to_stride else 1
+        self.set_input_padding(space.pad_to_stride)
         self.stem = Stem(space.stem_channels)
         self.cells = nn.ModuleList(make_cell(p) for p in self.plans)
         self.taps = stage_outputs(self.plans)
@@ -197,6 +197,11 @@ class SegmentationNet(nn.Module):
             if k in self.taps:
                 feats.append(s1)
         return feats, [stem_out[i] for i in self.detail_taps]
+
+    def set_input_padding(self, enabled: bool) -> None:
+        """Turn the padding to the stride on or off: it has no weights, so a checkpoint can be
+        evaluated either way (`gasnas eval --set space.pad_to_stride=false`)."""
+        self.pad_stride = net_stride(self.space) if enabled else 1
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
         h, w = x.shape[-2:]
