@@ -9,6 +9,8 @@ space/fused.py), stepped like engine/search.py `weight_step` and engine/architec
 the weights (no weight gradients). Both variants hold the same parameters; their outputs are
 compared first (must agree to 1e-5) and so are their gradients (α, GGM, weights; fp64, train
 mode).
+Since session 10 both variants pad 184x240 inputs to 192x256 inside (`space.pad_to_stride`, the
+default); the results of sessions 4-7 in docs/results.md were measured unpadded.
 
 Throughput: this VM runs in speed phases (for seconds to minutes everything is ~1.4x slower),
 so variants timed in separate processes, or minutes apart, are not comparable. Both variants are

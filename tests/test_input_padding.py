@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from lut_support import one_hot_sum_by_hand
 
 from gasnas.config import LatencyConfig, SpaceConfig
 from gasnas.latency import LatencyEstimator, build_lut
@@ -83,11 +84,7 @@ def test_latency_table_times_the_padding_and_one_hot_sum_holds() -> None:
     table = build_lut(SPACE, CLASSES, lat, progress=False, rounds=1)
     est = LatencyEstimator(SPACE, CLASSES, table, size, lat, calibrated=False)
     g = derive_genotype(Supernet(SPACE, CLASSES))
-    by_hand = sum(table[it.key] for it in layout.fixed_items())
-    for cl, cell in zip(layout.cells, g.cells):
-        for src, dst, op in cell.edges:
-            edge = next(e for e in cl.edges if (e.src, e.node) == (src, dst))
-            by_hand += table[edge.item(op).key]
+    by_hand = one_hot_sum_by_hand(layout, table, g)
     assert float(est.expected_ms(genotype_weights(g))) == pytest.approx(by_hand, rel=1e-5)
 
 
