@@ -9,13 +9,12 @@ import json
 
 import pytest
 import torch
-from lut_support import one_hot_sum_by_hand
+from lut_support import assert_one_hot_sum_holds
 
-from gasnas.config import LatencyConfig, SpaceConfig
-from gasnas.latency import LatencyEstimator, build_lut
+from gasnas.config import SpaceConfig
 from gasnas.latency.keys import space_layout
 from gasnas.space.derived import DerivedNet
-from gasnas.space.genotype import Genotype, derive_genotype, genotype_weights
+from gasnas.space.genotype import Genotype, derive_genotype
 from gasnas.space.ops import ConvBNReLU, SepConv
 from gasnas.space.supernet import Supernet
 
@@ -97,7 +96,6 @@ def test_two_conv_stem_runs_the_cells_at_a_quarter(derived: bool) -> None:
 
 def test_latency_table_times_the_detail_head_and_one_hot_sum_holds() -> None:
     size = [32, 64]  # a multiple of the stride: no input padding (tests/test_input_padding.py)
-    lat = LatencyConfig(input_size=size, threads=1, warmup=0, repeats=1)
     layout = space_layout(SPACE, CLASSES, size)
     assert layout.head.details == ((6, 8, 16),)
     assert "_D8x16_C6-4_" in layout.head.key
@@ -109,11 +107,7 @@ def test_latency_table_times_the_detail_head_and_one_hot_sum_holds() -> None:
     sep = space_layout(dataclasses.replace(SPACE, detail_channels=[4, 2], detail_fuse="sep"), CLASSES, size).head
     assert sep.key != two.key and "_sep_" in sep.key  # a table never mixes the two heads up
     assert isinstance(sep.build()[0].head.fuse[0], SepConv)
-    table = build_lut(SPACE, CLASSES, lat, progress=False, rounds=1)
-    est = LatencyEstimator(SPACE, CLASSES, table, size, lat, calibrated=False)
-    g = derive_genotype(Supernet(SPACE, CLASSES))
-    by_hand = one_hot_sum_by_hand(layout, table, g)
-    assert float(est.expected_ms(genotype_weights(g))) == pytest.approx(by_hand, rel=1e-5)
+    assert_one_hot_sum_holds(SPACE, CLASSES, size)
 
 
 def test_resize_gradient_is_bilinear_in_channels_last_and_runs_channels_last() -> None:
