@@ -39,7 +39,8 @@ from gasnas.space.network import (
     pad_to_multiple,
     padded_size,
     plan_cells,
-    resize,
+    resize_and_crop,
+    round_up,
     stage_outputs,
 )
 from gasnas.space.ops import OPS
@@ -96,8 +97,7 @@ class StemItem:
 
     @property
     def padded_size(self) -> tuple[int, int]:
-        s = self.pad_stride
-        return -(-self.h // s) * s, -(-self.w // s) * s
+        return round_up(self.h, self.pad_stride), round_up(self.w, self.pad_stride)
 
     @property
     def key(self) -> str:
@@ -160,15 +160,7 @@ class HeadWithUpsample(nn.Module):
     def forward(self, *feats: torch.Tensor) -> torch.Tensor:
         n = len(feats) - len(self.head.fuse)  # the last inputs are the stem features of the detail steps
         logits, _ = self.head(list(feats[:n]), list(feats[n:]))
-        return resize(logits, self.up_size)[..., :self.out_h, :self.out_w].contiguous()
-
-    @property
-    def out_h(self) -> int:
-        return self.out_size[0]
-
-    @property
-    def out_w(self) -> int:
-        return self.out_size[1]
+        return resize_and_crop(logits, self.up_size, self.out_size).contiguous()
 
 
 @dataclass(frozen=True)
@@ -258,8 +250,7 @@ def space_layout(space: SpaceConfig, num_classes: int, input_size: tuple[int, in
     """Walk the skeleton (stem → `plan_cells(space)` → head) and record every shape."""
     h, w = int(input_size[0]), int(input_size[1])
     ph, pw = padded_size(space, h, w)
-    padded = (ph, pw) != (h, w)
-    stem = StemItem(h, w, tuple(space.stem_channels), net_stride(space) if padded else 1)
+    stem = StemItem(h, w, tuple(space.stem_channels), net_stride(space) if space.pad_to_stride else 1)
     fh, fw = ph, pw
     stem_out = []
     for c_stem in space.stem_channels:
@@ -285,5 +276,5 @@ def space_layout(space: SpaceConfig, num_classes: int, input_size: tuple[int, in
         if plan.index in taps:
             feats.append(s1)
     head = HeadItem(tuple(feats), space.head_channels, num_classes, h, w, details, tuple(space.detail_channels),
-                    space.detail_fuse, *((ph, pw) if padded else (0, 0)))
+                    space.detail_fuse, ph, pw)
     return Layout(tuple(space.ops), stem, tuple(cells), head)

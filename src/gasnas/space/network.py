@@ -62,13 +62,17 @@ def net_stride(space: SpaceConfig) -> int:
     return plan_cells(space)[-1].scale
 
 
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def padded_size(space: SpaceConfig, h: int, w: int) -> tuple[int, int]:
     """The size the cells see for an h x w input: rounded up to `net_stride` with
     `space.pad_to_stride`, else unchanged."""
     if not space.pad_to_stride:
         return h, w
     s = net_stride(space)
-    return -(-h // s) * s, -(-w // s) * s
+    return round_up(h, s), round_up(w, s)
 
 
 def pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -82,6 +86,12 @@ def pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
     if torch.jit.is_tracing() or pad_h or pad_w:  # a traced graph must pad at every size
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
     return x
+
+
+def resize_and_crop(x: torch.Tensor, size: torch.Size | tuple[int, int], out: tuple[int, int]) -> torch.Tensor:
+    """Bilinear to `size` (the padded input's), then the top-left `out` (the input's): the
+    padding to the stride undone. A view: callers that need dense logits call .contiguous()."""
+    return resize(x, size)[..., : out[0], : out[1]]
 
 
 def stage_outputs(plans: list[CellPlan]) -> list[int]:
@@ -210,7 +220,7 @@ class SegmentationNet(nn.Module):
         feats, details = self.forward_features(x)
         logits, aux = self.head(feats, details)
         size = x.shape[-2:]
-        logits = resize(logits, size)[..., :h, :w].contiguous()
+        logits = resize_and_crop(logits, size, (h, w)).contiguous()
         if not return_aux:
             return logits
-        return logits, [resize(a, size)[..., :h, :w] for a in aux]
+        return logits, [resize_and_crop(a, size, (h, w)) for a in aux]
