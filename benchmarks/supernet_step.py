@@ -41,20 +41,47 @@ import torch.nn.functional as F
 from gasnas.engine.architect import frozen
 
 
-def make(fast: bool, seed: int = 0, recompute_stages: int | None = None):
+def make(fast: bool, seed: int = 0, recompute_stages: int | None = None, darts_none: bool = True):
+    """The fast supernet, or the naive one; `darts_none`: the naive mixed op also computes the
+    `none` op and adds its weighted zeros, as DARTS' MixedOp does (`sum(w * op(x) for ...)`
+    over every op, `none` being `x.mul(0.)`): skipping `none` is one of the fast path's
+    techniques the issue lists, not part of the baseline."""
     from gasnas.config import SearchConfig, SpaceConfig
     from gasnas.space import Supernet
+    from gasnas.space.cell import MixedOp
 
     if recompute_stages is None:
         recompute_stages = SearchConfig().recompute_stages
     torch.manual_seed(seed)
-    return Supernet(SpaceConfig(), 11, fast=fast, recompute_stages=recompute_stages)
+    net = Supernet(SpaceConfig(), 11, fast=fast, recompute_stages=recompute_stages)
+    if not fast and darts_none:
+        for m in net.modules():
+            if isinstance(m, MixedOp):
+                m.forward = darts_mixed_forward.__get__(m)
+    return net
 
 
-def stepper(fast: bool, batch: int, size: list[int], recompute_stages: int | None) -> Callable[[], None]:
+def darts_mixed_forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """DARTS' MixedOp.forward (model_search.py) over gasnas' ops: every op, `none` included
+    (DARTS' Zero: x.mul(0.), strided on reduction edges)."""
+    from gasnas.space.ops import OPS
+
+    ops = iter(self.ops)
+    terms = []
+    for name in self.op_names:
+        if OPS[name].free:
+            y = x.mul(0.0) if self.stride == 1 else x[:, :, ::self.stride, ::self.stride].mul(0.0)
+        else:
+            y = next(ops)(x)
+        terms.append(y)
+    return sum(w * y for w, y in zip(weights, terms))
+
+
+def stepper(fast: bool, batch: int, size: list[int], recompute_stages: int | None,
+            darts_none: bool = True) -> Callable[[], None]:
     """One search step of a variant, on fixed data: as the engine steps it (fast) or DARTS-style
     (naive)."""
-    net = make(fast, recompute_stages=recompute_stages)
+    net = make(fast, recompute_stages=recompute_stages, darts_none=darts_none)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999))
     g = torch.Generator().manual_seed(1)
@@ -84,18 +111,21 @@ def stepper(fast: bool, batch: int, size: list[int], recompute_stages: int | Non
     return step
 
 
-def run_memory(fast: bool, steps: int, batch: int, size: list[int], recompute_stages: int | None) -> dict:
+def run_memory(fast: bool, steps: int, batch: int, size: list[int], recompute_stages: int | None,
+               darts_none: bool = True) -> dict:
     """Peak RSS of this (fresh) process over a warm-up step and `steps` steps of one variant."""
-    step = stepper(fast, batch, size, recompute_stages)
+    step = stepper(fast, batch, size, recompute_stages, darts_none)
     for _ in range(steps + 1):
         step()
     return {"fast": fast, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_paired(pairs: int, batch: int, size: list[int], recompute_stages: int | None) -> dict:
+def run_paired(pairs: int, batch: int, size: list[int], recompute_stages: int | None,
+               darts_none: bool = True) -> dict:
     """Both variants in this process, timed step by step, alternately (naive, fast), (fast,
     naive), ...: a pair's two steps run within seconds of each other, in the same speed phase."""
-    steps = {"naive": stepper(False, batch, size, None), "fast": stepper(True, batch, size, recompute_stages)}
+    steps = {"naive": stepper(False, batch, size, None, darts_none),
+             "fast": stepper(True, batch, size, recompute_stages)}
     for step in steps.values():  # warm-up
         step()
     times: dict[str, list[float]] = {"naive": [], "fast": []}
@@ -120,12 +150,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def check_equal(batch: int, size: list[int], recompute_stages: int | None) -> dict[str, float]:
+def check_equal(batch: int, size: list[int], recompute_stages: int | None, darts_none: bool = True) -> dict[str, float]:
     """Max |Δoutput| in eval mode (fp32) and in train mode (fp64: in fp32, batch-statistics
     BatchNorm amplifies rounding-order differences over 14 cells to ~1e-4 relative), and the
     max relative gradient difference (max |Δg| / max |g|) of α + GGM and of the weights, fp64,
     train mode, gradients of the cross-entropy."""
-    fast, ref = make(True, recompute_stages=recompute_stages), make(False)
+    fast, ref = make(True, recompute_stages=recompute_stages), make(False, darts_none=darts_none)
     ref.load_state_dict(fast.state_dict())
     g = torch.Generator().manual_seed(2)
     x = torch.randn(batch, 3, *size, generator=g)
@@ -151,6 +181,7 @@ def child(args: argparse.Namespace, mode: str) -> dict:
     """Run `mode` (naive, fast: peak RSS; paired: timing) in a fresh subprocess."""
     cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--pairs", str(args.pairs),
            "--batch", str(args.batch), "--size", args.size, "--recompute-stages", str(args.recompute_stages)]
+    cmd += ["--naive-skips-none"] if args.naive_skips_none else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -165,22 +196,27 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--recompute-stages", type=int, default=None,
                     help="fast variant: search.recompute_stages (default: the config default)")
+    ap.add_argument("--naive-skips-none", action="store_true",
+                    help="naive variant: skip the `none` op (sessions 1-10's baseline) instead of computing "
+                         "its weighted zeros as DARTS does")
     ap.add_argument("--child", choices=["fast", "naive", "paired"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     size = [int(v) for v in args.size.split("x")]
     if args.child == "paired":
-        print(json.dumps(run_paired(args.pairs, args.batch, size, args.recompute_stages)))
+        print(json.dumps(run_paired(args.pairs, args.batch, size, args.recompute_stages, not args.naive_skips_none)))
         return
     if args.child:
-        print(json.dumps(run_memory(args.child == "fast", args.steps, args.batch, size, args.recompute_stages)))
+        print(json.dumps(run_memory(args.child == "fast", args.steps, args.batch, size, args.recompute_stages,
+                                    not args.naive_skips_none)))
         return
     from gasnas.config import SearchConfig
 
     if args.recompute_stages is None:
         args.recompute_stages = SearchConfig().recompute_stages
     print(f"fast: search.recompute_stages={args.recompute_stages}; {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; batch {args.batch}, {args.size}")
-    chk = check_equal(2, size, args.recompute_stages)
+          f"torch {torch.__version__}; batch {args.batch}, {args.size}; naive: DARTS mixed op "
+          f"{'without' if args.naive_skips_none else 'with'} the `none` op")
+    chk = check_equal(2, size, args.recompute_stages, not args.naive_skips_none)
     print(f"max |fast - naive| output difference: {chk['eval_fp32']:.2e} (eval, fp32), "
           f"{chk['train_fp64']:.2e} (train, fp64); gradients (fp64, max |Δ| / max |g|): "
           f"α+GGM {chk['grad_arch_rel']:.1e}, weights {chk['grad_weights_rel']:.1e}")
