@@ -2,7 +2,8 @@
 
 One search step = a weights step (forward + backward + SGD) and an α step (forward + backward +
 Adam) at batch 8, 184x240, default space. Naive: plain DARTS mixed op (NCHW, one autograd node
-per conv/BN/ReLU/product, a full backward in both steps). Fast: the supernet as search runs it
+per conv/BN/ReLU/product, every op including `none` as DARTS' x.mul(0.), a full backward in both
+steps). Fast: the supernet as search runs it
 (`Supernet(fast=True)`: one memory-lean autograd Function per mixed op, channels-last; see
 space/fused.py), stepped like engine/search.py `weight_step` and engine/architect.py
 `Architect.step`: the weights step freezes α and the GGM (no α gradients), the α step freezes
@@ -41,7 +42,8 @@ import torch.nn.functional as F
 from gasnas.engine.architect import frozen
 
 
-def make(fast: bool, seed: int = 0, recompute_stages: int | None = None, darts_none: bool = True):
+def make(fast: bool, seed: int = 0, recompute_stages: int | None = None, darts_none: bool = True,
+         device: str = "cpu"):
     """The fast supernet, or the naive one; `darts_none`: the naive mixed op also computes the
     `none` op and adds its weighted zeros, as DARTS' MixedOp does (`sum(w * op(x) for ...)`
     over every op, `none` being `x.mul(0.)`): skipping `none` is one of the fast path's
@@ -58,7 +60,7 @@ def make(fast: bool, seed: int = 0, recompute_stages: int | None = None, darts_n
         for m in net.modules():
             if isinstance(m, MixedOp):
                 m.forward = darts_mixed_forward.__get__(m)
-    return net
+    return net.to(device)
 
 
 def darts_mixed_forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -78,15 +80,15 @@ def darts_mixed_forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.T
 
 
 def stepper(fast: bool, batch: int, size: list[int], recompute_stages: int | None,
-            darts_none: bool = True) -> Callable[[], None]:
+            darts_none: bool = True, device: str = "cpu") -> Callable[[], None]:
     """One search step of a variant, on fixed data: as the engine steps it (fast) or DARTS-style
     (naive)."""
-    net = make(fast, recompute_stages=recompute_stages, darts_none=darts_none)
+    net = make(fast, recompute_stages=recompute_stages, darts_none=darts_none, device=device)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999))
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, 3, *size, generator=g)
-    y = torch.randint(0, 11, (batch, *size), generator=g)
+    x = torch.randn(batch, 3, *size, generator=g).to(device)
+    y = torch.randint(0, 11, (batch, *size), generator=g).to(device)
     arch, weights = net.arch_parameters(), net.weight_parameters()
 
     def step() -> None:
@@ -107,25 +109,30 @@ def stepper(fast: bool, batch: int, size: list[int], recompute_stages: int | Non
             net.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
             a_opt.step()
+        if device.startswith("cuda"):  # the step's kernels finish before the clock stops
+            torch.cuda.synchronize(device)
 
     return step
 
 
 def run_memory(fast: bool, steps: int, batch: int, size: list[int], recompute_stages: int | None,
-               darts_none: bool = True) -> dict:
-    """Peak RSS of this (fresh) process over a warm-up step and `steps` steps of one variant."""
-    step = stepper(fast, batch, size, recompute_stages, darts_none)
+               darts_none: bool = True, device: str = "cpu") -> dict:
+    """Peak memory of this (fresh) process over a warm-up step and `steps` steps of one variant:
+    RSS on CPU, torch.cuda.max_memory_allocated on CUDA."""
+    step = stepper(fast, batch, size, recompute_stages, darts_none, device)
     for _ in range(steps + 1):
         step()
-    return {"fast": fast, "peak_rss_mb": peak_rss_mb()}
+    if device.startswith("cuda"):
+        return {"fast": fast, "peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+    return {"fast": fast, "peak_mb": peak_rss_mb()}
 
 
 def run_paired(pairs: int, batch: int, size: list[int], recompute_stages: int | None,
-               darts_none: bool = True) -> dict:
+               darts_none: bool = True, device: str = "cpu") -> dict:
     """Both variants in this process, timed step by step, alternately (naive, fast), (fast,
     naive), ...: a pair's two steps run within seconds of each other, in the same speed phase."""
-    steps = {"naive": stepper(False, batch, size, None, darts_none),
-             "fast": stepper(True, batch, size, recompute_stages)}
+    steps = {"naive": stepper(False, batch, size, None, darts_none, device),
+             "fast": stepper(True, batch, size, recompute_stages, device=device)}
     for step in steps.values():  # warm-up
         step()
     times: dict[str, list[float]] = {"naive": [], "fast": []}
@@ -150,16 +157,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def check_equal(batch: int, size: list[int], recompute_stages: int | None, darts_none: bool = True) -> dict[str, float]:
+def check_equal(batch: int, size: list[int], recompute_stages: int | None, darts_none: bool = True,
+                device: str = "cpu") -> dict[str, float]:
     """Max |Δoutput| in eval mode (fp32) and in train mode (fp64: in fp32, batch-statistics
     BatchNorm amplifies rounding-order differences over 14 cells to ~1e-4 relative), and the
     max relative gradient difference (max |Δg| / max |g|) of α + GGM and of the weights, fp64,
     train mode, gradients of the cross-entropy."""
-    fast, ref = make(True, recompute_stages=recompute_stages), make(False, darts_none=darts_none)
+    fast = make(True, recompute_stages=recompute_stages, device=device)
+    ref = make(False, darts_none=darts_none, device=device)
     ref.load_state_dict(fast.state_dict())
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(batch, 3, *size, generator=g)
-    y = torch.randint(0, 11, (batch, *size), generator=g)
+    x = torch.randn(batch, 3, *size, generator=g).to(device)
+    y = torch.randint(0, 11, (batch, *size), generator=g).to(device)
     with torch.no_grad():
         eval_diff = float((fast.eval()(x) - ref.eval()(x)).abs().max())
     fast, ref, x = fast.double().train(), ref.double().train(), x.double()
@@ -182,6 +191,7 @@ def child(args: argparse.Namespace, mode: str) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--pairs", str(args.pairs),
            "--batch", str(args.batch), "--size", args.size, "--recompute-stages", str(args.recompute_stages)]
     cmd += ["--naive-skips-none"] if args.naive_skips_none else []
+    cmd += ["--device", args.device]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -199,24 +209,34 @@ def main() -> None:
     ap.add_argument("--naive-skips-none", action="store_true",
                     help="naive variant: skip the `none` op (sessions 1-10's baseline) instead of computing "
                          "its weighted zeros as DARTS does")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (CUDA: peak memory is "
+                    "torch.cuda.max_memory_allocated, not RSS)")
     ap.add_argument("--child", choices=["fast", "naive", "paired"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     size = [int(v) for v in args.size.split("x")]
     if args.child == "paired":
-        print(json.dumps(run_paired(args.pairs, args.batch, size, args.recompute_stages, not args.naive_skips_none)))
+        print(json.dumps(run_paired(args.pairs, args.batch, size, args.recompute_stages, not args.naive_skips_none,
+                                    args.device)))
         return
     if args.child:
         print(json.dumps(run_memory(args.child == "fast", args.steps, args.batch, size, args.recompute_stages,
-                                    not args.naive_skips_none)))
+                                    not args.naive_skips_none, args.device)))
         return
     from gasnas.config import SearchConfig
 
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: CUDA is not available on this machine")
+    if not (cuda or args.device == "cpu"):
+        sys.exit(f"--device {args.device!r}: expected cpu or cuda[:N]")
+    where = torch.cuda.get_device_name(args.device) if cuda else f"{torch.get_num_threads()} threads"
+    memory = "peak CUDA allocated" if cuda else "peak RSS"
     if args.recompute_stages is None:
         args.recompute_stages = SearchConfig().recompute_stages
-    print(f"fast: search.recompute_stages={args.recompute_stages}; {torch.get_num_threads()} threads, "
+    print(f"fast: search.recompute_stages={args.recompute_stages}; {args.device}, {where}, "
           f"torch {torch.__version__}; batch {args.batch}, {args.size}; naive: DARTS mixed op "
           f"{'without' if args.naive_skips_none else 'with'} the `none` op")
-    chk = check_equal(2, size, args.recompute_stages, not args.naive_skips_none)
+    chk = check_equal(2, size, args.recompute_stages, not args.naive_skips_none, args.device)
     print(f"max |fast - naive| output difference: {chk['eval_fp32']:.2e} (eval, fp32), "
           f"{chk['train_fp64']:.2e} (train, fp64); gradients (fp64, max |Δ| / max |g|): "
           f"α+GGM {chk['grad_arch_rel']:.1e}, weights {chk['grad_weights_rel']:.1e}")
@@ -225,17 +245,17 @@ def main() -> None:
     mem: dict[str, list[float]] = {"naive": [], "fast": []}
     for _ in range(args.rounds):
         for v in ("naive", "fast"):
-            mem[v].append(child(args, v)["peak_rss_mb"])
+            mem[v].append(child(args, v)["peak_mb"])
     times = child(args, "paired")
     ratios = sorted(tn / tf for tn, tf in zip(times["naive"], times["fast"]))
     speed = statistics.median(ratios)
     results = {v: {"s_per_step": statistics.median(times[v]), "images_per_s": args.batch / statistics.median(times[v]),
-                   "peak_rss_mb": max(mem[v]), "step_times": times[v], "peak_rss_rounds": mem[v]} for v in mem}
+                   "peak_mb": max(mem[v]), "step_times": times[v], "peak_rounds": mem[v]} for v in mem}
     for v, r in results.items():
         print(f"{v:6s} {r['images_per_s']:6.2f} img/s  {r['s_per_step']:6.3f} s/step (median of {args.pairs}; "
-              f"min {min(times[v]):.3f}, max {max(times[v]):.3f})  peak RSS {r['peak_rss_mb']:7.0f} MB "
+              f"min {min(times[v]):.3f}, max {max(times[v]):.3f})  {memory} {r['peak_mb']:7.0f} MB "
               f"(rounds: {', '.join(f'{m:.0f}' for m in mem[v])})")
-    mem_ratio = results["fast"]["peak_rss_mb"] / results["naive"]["peak_rss_mb"]
+    mem_ratio = results["fast"]["peak_mb"] / results["naive"]["peak_mb"]
     print(f"per-pair throughput ratios: min x{ratios[0]:.2f}, median x{speed:.2f}, max x{ratios[-1]:.2f}")
     print(f"throughput x{speed:.2f} (median per-pair), peak memory x{mem_ratio:.2f} (goal: >= 2x, <= 0.6x): "
           f"{'met' if speed >= 2 and mem_ratio <= 0.6 else 'not met'}")
@@ -244,7 +264,8 @@ def main() -> None:
                    "max_grad_rel_diff_arch_fp64": chk["grad_arch_rel"],
                    "max_grad_rel_diff_weights_fp64": chk["grad_weights_rel"], "throughput_ratio": speed,
                    "pair_ratios": ratios, "peak_memory_ratio": mem_ratio, "recompute_stages": args.recompute_stages,
-                   "threads": torch.get_num_threads(), "torch": torch.__version__, **results}
+                   "threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
+                   "device_name": where if cuda else None, "memory": memory, **results}
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
 
