@@ -223,12 +223,15 @@ def main() -> None:
                                     not args.naive_skips_none, args.device)))
         return
     from gasnas.config import SearchConfig
+    from gasnas.deploy.bench import check_options
+    from gasnas.errors import GasnasError
 
+    try:  # the same --device check as `gasnas bench`
+        check_options(["torch"], args.device, "fp32")
+    except GasnasError as exc:
+        print(f"supernet_step: {exc}", file=sys.stderr)
+        sys.exit(2)
     cuda = args.device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        sys.exit(f"--device {args.device}: CUDA is not available on this machine")
-    if not (cuda or args.device == "cpu"):
-        sys.exit(f"--device {args.device!r}: expected cpu or cuda[:N]")
     where = torch.cuda.get_device_name(args.device) if cuda else f"{torch.get_num_threads()} threads"
     memory = "peak CUDA allocated" if cuda else "peak RSS"
     if args.recompute_stages is None:
