@@ -4,6 +4,7 @@ final-genotype selection, NaN stop, Ctrl-C, one-line errors."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -23,7 +24,7 @@ from gasnas.latency.sampling import genotype_signature
 from gasnas.space.genotype import Genotype
 
 ROW_FIELDS = {"epoch", "phase", "lr", "lambda", "w_loss", "a_loss", "a_ce", "lat_loss", "expected_ms",
-              "predicted_ms", "measured_ms", "val_miou", "alpha_entropy", "genotype"}
+              "predicted_ms", "measured_ms", "val_miou", "alpha_entropy", "alpha_spread", "genotype"}
 
 
 def _write_config(cfg, path: Path) -> Path:
@@ -85,7 +86,7 @@ def test_search_writes_the_run_folder(searched) -> None:
     assert g.provenance["config"] == "s" and g.provenance["measured_latency_ms"] > 0
     for name in ("config.yaml", "lut.json", "metrics.jsonl", "genotype_epoch1.json", "genotype_epoch2.json",
                  "checkpoints/last.pt", "plots/losses.png", "plots/miou.png", "plots/latency.png",
-                 "plots/alphas.png", "plots/genotype.png"):
+                 "plots/alphas.png", "plots/alpha_movement.png", "plots/genotype.png"):
         assert (run / name).is_file(), name
     assert yaml.safe_load((run / "config.yaml").read_text())["name"] == "s"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -94,6 +95,8 @@ def test_search_writes_the_run_folder(searched) -> None:
     for r in rows:
         assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
         assert len(r["alpha_entropy"]) == 5 and r["measured_ms"] > 0 and 0 <= r["val_miou"] <= 1
+        assert len(r["alpha_spread"]) == 5 and r["alpha_spread_mean"] == pytest.approx(sum(r["alpha_spread"]) / 5)
+    assert g.provenance["alpha_spread_mean"] == rows[-1]["alpha_spread_mean"]
     assert rows[0]["a_loss"] is None and rows[1]["a_loss"] is not None
     assert rows[1]["lr"] < rows[0]["lr"]  # cosine
     ck = load_ckpt(run / "checkpoints/last.pt", "search")
@@ -130,7 +133,10 @@ def test_target_mode_adapts_lambda_from_measured_latency(tmp_path_factory, singl
     # the α' at the end of the epoch before (the first, before any measurement: the prediction)
     for prev, r in zip(rows, rows[1:]):
         assert r["budget_scale"] == pytest.approx(prev["expected_ms"] / prev["measured_ms"], rel=1e-5)
-    assert rows[0]["budget_scale"] > 1.0  # the softmax mixture costs more than the derived net
+    # the first epoch (warm-up: α unchanged) used the LUT prediction of the initial derived net;
+    # whether the mixture costs more than it is left to the CamVid runs (docs/method.md): at these
+    # tiny sizes the fixed parts dominate and the ratio came out 1.003-1.03, too close to assert
+    assert rows[0]["budget_scale"] == pytest.approx(rows[0]["expected_ms"] / rows[0]["predicted_ms"], rel=1e-5)
     g = Genotype.load(cfg.run_dir / "genotype.json")
     assert g.provenance["target_ms"] == 0.01 and g.provenance["within_target"] is False
     # the latency reference is the first measured net, and its calmest timing scales every epoch
@@ -162,6 +168,26 @@ def test_final_genotype_selection_with_a_target() -> None:
     run.calm = SimpleNamespace(reference_calm_ms=20.0 * 10.0 / 12.0)  # calmer: 12 ms now reads 10
     assert SearchRun.select_final(run)[0] == 4
     assert SearchRun.measured_ms(run, scaled[3]) == pytest.approx(10.0)
+
+
+def test_alpha_spread_is_the_logit_gap_and_a_near_uniform_end_is_noted(capsys) -> None:
+    from gasnas.engine.search import UNSETTLED_SPREAD, alpha_entropy, alpha_spread
+
+    uniform = torch.full((3, 4), 0.25)
+    moved = torch.softmax(torch.tensor([[0.0, 0.0, 0.1, 0.3], [1.0, 0.0, 0.0, 0.0]]), -1)
+    assert alpha_spread([uniform, moved]) == pytest.approx([0.0, (0.3 + 1.0) / 2])
+    # entropy barely sees a small move (second order), the spread does (first order)
+    small = torch.softmax(torch.tensor([[0.0, 0.0, 0.0, 0.08]]), -1)
+    assert 1 - alpha_entropy([small])[0] / math.log(4) < 1e-3 and alpha_spread([small])[0] == pytest.approx(0.08)
+
+    sc = SimpleNamespace(epochs=6, max_steps_per_epoch=10, a_lr=3e-3)
+    run = SimpleNamespace(cfg=SimpleNamespace(search=sc), main=True)
+    SearchRun._note_unsettled(run, {"alpha_spread_mean": 0.08})
+    err = capsys.readouterr().err
+    assert "near uniform" in err and "search.a_lr (0.003)" in err and "search.epochs (6)" in err
+    SearchRun._note_unsettled(run, {"alpha_spread_mean": UNSETTLED_SPREAD})
+    SearchRun._note_unsettled(run, {"alpha_spread_mean": None})
+    assert capsys.readouterr().err == ""
 
 
 def test_nan_stops_with_one_line_and_keeps_last_checkpoint(tmp_path_factory, single_thread, monkeypatch, capsys) -> None:  # noqa: F811

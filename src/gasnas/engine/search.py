@@ -93,6 +93,24 @@ def alpha_entropy(op_weights: list[torch.Tensor]) -> list[float]:
     return out
 
 
+def alpha_spread(op_weights: list[torch.Tensor]) -> list[float]:
+    """Mean over each cell's edges of log(p_max / p_min), the gap in logits between an edge's
+    most and least likely op (0 = uniform). Entropy hardly shows a short search: it falls with
+    the square of α's movement (0.03% in the demo while α moved ~0.08), this falls linearly."""
+    out = []
+    for w in op_weights:
+        logp = w.detach().double().clamp_min(1e-12).log()
+        out.append(float((logp.max(-1).values - logp.min(-1).values).mean()))
+    return out
+
+
+# Below this mean spread (logits) at the end of a search, α' is still near its initialisation:
+# the genotype follows the first trend of α's gradients, not a converged search. The demo's
+# searches end at ~0.08 and session 11's CamVid benchmark at ~0.2 (40 architecture steps each);
+# 0.5 means the likeliest op is 1.65x as likely as the least.
+UNSETTLED_SPREAD = 0.5
+
+
 def _new_accum() -> dict[str, float]:
     return {"w_loss": 0.0, "w_n": 0, "a_loss": 0.0, "a_ce": 0.0, "a_lat": 0.0, "a_n": 0}
 
@@ -373,7 +391,7 @@ class SearchRun:
 
             basis = measured if measured is not None else genotype.predicted_latency_ms
             self.lam = float(adapt_lambda(self.lam, basis, cfg.latency.target_ms, cfg.latency.adapt_factor))
-        entropy = alpha_entropy(op_weights)
+        entropy, spread = alpha_entropy(op_weights), alpha_spread(op_weights)
         row = {
             "epoch": e + 1,
             "phase": "search" if e >= cfg.search.warmup_epochs else "warmup",
@@ -396,6 +414,8 @@ class SearchRun:
             "val_pixel_acc": result["pixel_acc"],
             "alpha_entropy": entropy,
             "alpha_entropy_mean": sum(entropy) / len(entropy) if entropy else None,
+            "alpha_spread": spread,
+            "alpha_spread_mean": sum(spread) / len(spread) if spread else None,
             "genotype": f"genotype_epoch{e + 1}.json",
             "epoch_end_s": round(time.perf_counter() - t0, 3),
         }
@@ -408,7 +428,8 @@ class SearchRun:
             ms = f"{measured:.2f}" if measured is not None else "n/a"
             log(f"epoch {e + 1}/{cfg.search.epochs} [{row['phase']}] w_loss {row['w_loss']:.4f} "
                 f"E[Lat] {expected:.2f} ms, derived {genotype.predicted_latency_ms:.2f} ms predicted / "
-                f"{ms} measured, supernet val mIoU {100 * result['miou']:.2f}, λ {lam_used:.3g}", True)
+                f"{ms} measured, supernet val mIoU {100 * result['miou']:.2f}, λ {lam_used:.3g}, "
+                f"α' spread {row['alpha_spread_mean'] or 0:.3f}", True)
         D.barrier(self.info)
 
     def _provenance(self, epoch: int) -> dict[str, Any]:
@@ -430,6 +451,7 @@ class SearchRun:
         safe_plot(viz.plot_curves, rows, plots / "miou.png", ["val_miou", "val_pixel_acc"])
         safe_plot(viz.plot_curves, rows, plots / "latency.png",
                   ["expected_ms", "predicted_ms", "measured_ms", "lambda"])
+        safe_plot(viz.plot_curves, rows, plots / "alpha_movement.png", ["alpha_spread_mean", "alpha_entropy_mean"])
         safe_plot(viz.plot_alphas, op_weights, list(self.cfg.space.ops), plots / "alphas.png")
 
     # ------------------------------------------------------------------ the end
@@ -470,6 +492,18 @@ class SearchRun:
             "epochs or a different latency.weight may help.", self.main)
         return best["epoch"], best
 
+    def _note_unsettled(self, row: dict[str, Any]) -> None:
+        """Say so when the search ended with α' near uniform (a short search: the demo's)."""
+        spread = row.get("alpha_spread_mean")
+        if spread is None or spread >= UNSETTLED_SPREAD:
+            return
+        sc = self.cfg.search
+        log(f"note: α' is still near uniform (mean spread {spread:.3f} < {UNSETTLED_SPREAD} between an "
+            "edge's most and least likely op): the genotype follows the first trend of the "
+            f"architecture gradients, not a converged search. For that, raise search.epochs "
+            f"({sc.epochs}), search.max_steps_per_epoch ({sc.max_steps_per_epoch}) or "
+            f"search.a_lr ({sc.a_lr:g}).", self.main)
+
     def _finish(self) -> Path:
         from gasnas import viz
         from gasnas.space.genotype import Genotype
@@ -481,7 +515,9 @@ class SearchRun:
             target = self.cfg.latency.target_ms
             measured = self.measured_ms(row)
             genotype.provenance.update(selected_epoch=epoch, search_epochs=self.cfg.search.epochs,
-                                       measured_latency_ms=measured)
+                                       measured_latency_ms=measured,
+                                       alpha_spread_mean=row.get("alpha_spread_mean"))
+            self._note_unsettled(row)
             if self.cfg.latency.loss == "target" and target:
                 basis = measured if measured is not None else genotype.predicted_latency_ms
                 genotype.provenance["within_target"] = abs(basis - target) <= TARGET_TOLERANCE * target
