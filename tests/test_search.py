@@ -185,6 +185,7 @@ def test_alpha_spread_is_the_logit_gap_and_a_near_uniform_end_is_noted(capsys) -
     SearchRun._note_unsettled(run, {"alpha_spread_mean": 0.08})
     err = capsys.readouterr().err
     assert "near uniform" in err and "search.a_lr (0.003)" in err and "search.epochs (6)" in err
+    assert "search.max_steps_per_epoch (10)" in err
     SearchRun._note_unsettled(run, {"alpha_spread_mean": UNSETTLED_SPREAD})
     SearchRun._note_unsettled(run, {"alpha_spread_mean": None})
     assert capsys.readouterr().err == ""
