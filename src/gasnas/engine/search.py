@@ -84,24 +84,22 @@ def weight_step(supernet: nn.Module, optimizer: torch.optim.Optimizer, criterion
     return {"loss": value, "finite": finite}
 
 
+def _probs_and_logs(op_weights: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each cell's per-edge op probabilities (fp64, clamped off 0) and their logs."""
+    probs = [w.detach().double().clamp_min(1e-12) for w in op_weights]
+    return [(p, p.log()) for p in probs]
+
+
 def alpha_entropy(op_weights: list[torch.Tensor]) -> list[float]:
     """Mean entropy (nats) of each cell's per-edge op distribution; log(#ops) = uniform."""
-    out = []
-    for w in op_weights:
-        w = w.detach().double().clamp_min(1e-12)
-        out.append(float(-(w * w.log()).sum(-1).mean()))
-    return out
+    return [float(-(p * logp).sum(-1).mean()) for p, logp in _probs_and_logs(op_weights)]
 
 
 def alpha_spread(op_weights: list[torch.Tensor]) -> list[float]:
     """Mean over each cell's edges of log(p_max / p_min), the gap in logits between an edge's
     most and least likely op (0 = uniform). Entropy hardly shows a short search: it falls with
     the square of α's movement (0.03% in the demo, whose spread is ~0.10), this grows linearly."""
-    out = []
-    for w in op_weights:
-        logp = w.detach().double().clamp_min(1e-12).log()
-        out.append(float((logp.max(-1).values - logp.min(-1).values).mean()))
-    return out
+    return [float((logp.max(-1).values - logp.min(-1).values).mean()) for _, logp in _probs_and_logs(op_weights)]
 
 
 # Below this mean spread (logits) at the end of a search, α' is still near its initialisation:
@@ -413,9 +411,9 @@ class SearchRun:
             "val_miou": result["miou"],
             "val_pixel_acc": result["pixel_acc"],
             "alpha_entropy": entropy,
-            "alpha_entropy_mean": sum(entropy) / len(entropy) if entropy else None,
+            "alpha_entropy_mean": _mean(sum(entropy), len(entropy)),
             "alpha_spread": spread,
-            "alpha_spread_mean": sum(spread) / len(spread) if spread else None,
+            "alpha_spread_mean": _mean(sum(spread), len(spread)),
             "genotype": f"genotype_epoch{e + 1}.json",
             "epoch_end_s": round(time.perf_counter() - t0, 3),
         }
