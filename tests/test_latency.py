@@ -19,7 +19,6 @@ from gasnas.errors import GasnasError
 from gasnas.latency import (
     LatencyEstimator,
     LatencyTable,
-    adapt_lambda,
     build_lut,
     get_or_build_lut,
     latency_loss,
@@ -159,6 +158,8 @@ def test_gradient_reaches_op_weights_alphas_and_ggm(table: LatencyTable) -> None
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights)
     net = Supernet(SPACE, CLASSES)
     assert net.ggm.mode == "adjacent"
+    with torch.no_grad():
+        net.ggm.weight.weight.normal_(std=0.1)  # as after the first architecture step (it starts at 0)
     est.expected_ms(net.op_weights()).backward()
     for p in net.arch_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all()
@@ -229,13 +230,6 @@ def test_target_loss_budget_scale_moves_the_hinge() -> None:
 def test_target_loss_needs_a_budget() -> None:
     with pytest.raises(GasnasError, match="target_ms"):
         latency_loss(torch.tensor(3.0), LatencyConfig(loss="target"), 1.0)
-
-
-def test_adapt_lambda_direction() -> None:
-    assert adapt_lambda(1.0, 12.0, 10.0, 2.0) == 2.0
-    assert adapt_lambda(1.0, 5.0, 10.0, 2.0) == 0.5
-    assert adapt_lambda(1.0, 9.5, 10.0, 2.0) == 1.0  # within the margin below the target
-    assert adapt_lambda(1.0, 50.0, None, 2.0) == 1.0
 
 
 # --------------------------------------------------------------------------- missing / foreign

@@ -76,10 +76,17 @@ def _rows(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
 
 
-def test_search_resumes_exactly_after_sigkill(tmp_path_factory, single_thread) -> None:  # noqa: F811
+@pytest.mark.slow
+@pytest.mark.parametrize("relaxation", ["softmax", "gumbel"])
+def test_search_resumes_exactly_after_sigkill(tmp_path_factory, single_thread, relaxation) -> None:  # noqa: F811
+    """Also the sampler's generator (Gumbel draws, skip dropout), the temperature schedule, the
+    λ / budget policy (λ, calibration, per-stage gradient EMA) and the previous genotype."""
     data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("resume_search")
-    extra = (f"latency.lut={lut}", "search.epochs=3", "search.max_steps_per_epoch=4")
+    extra = (f"latency.lut={lut}", "search.epochs=4", "search.max_steps_per_epoch=4",
+             f"search.relaxation={relaxation}", "search.skip_dropout=0.3", "search.latency_warmin_epochs=1",
+             "search.latency_ramp_epochs=1", "search.measure_derived=true", "latency.loss=target",
+             "latency.target_ms=0.5")
     ref_cfg = tiny_config(data, tmp, "reference", *extra)
     run_search(ref_cfg, ckpt_every_steps=1, show_progress=False)
 
@@ -88,18 +95,17 @@ def test_search_resumes_exactly_after_sigkill(tmp_path_factory, single_thread) -
     recipe.write_text(cfg.dump())
     ckpt = cfg.run_dir / "checkpoints/last.pt"
     cmd = [PYTHON, "-m", "gasnas", "search", "--config", str(recipe), "--ckpt-every-steps", "1", "--no-progress"]
-    _kill_mid_epoch(cmd, ckpt, min_epoch=1, log=tmp / "killed.log")  # killed after warm-up: Adam state too
+    _kill_mid_epoch(cmd, ckpt, min_epoch=2, log=tmp / "killed.log")  # in the λ ramp: Adam, budget too
     left = load_ckpt(ckpt, "search")
-    assert left["epoch"] < 3 and not (cfg.run_dir / "genotype.json").exists()
+    assert left["epoch"] < 4 and not (cfg.run_dir / "genotype.json").exists()
 
     run_search(cfg, resume=cfg.run_dir, ckpt_every_steps=1, show_progress=False)
     ref = load_ckpt(ref_cfg.run_dir / "checkpoints/last.pt", "search")
     got = load_ckpt(ckpt, "search")
     _assert_same_state(ref["supernet"], got["supernet"], "supernet")  # weights, α, GGM, BN buffers
-    for key in ("w_optimizer", "a_optimizer", "rng"):
-        _assert_same_state(ref[key], got[key], key)
-    assert (ref["epoch"], ref["step"], ref["global_step"], ref["lambda"]) == \
-        (got["epoch"], got["step"], got["global_step"], got["lambda"])
+    for key in ("w_optimizer", "a_optimizer", "rng", "budget", "relaxation", "previous_edges"):
+        _assert_same_state({key: ref[key]}, {key: got[key]}, key)
+    assert (ref["epoch"], ref["step"], ref["global_step"]) == (got["epoch"], got["step"], got["global_step"])
     assert _rows(ref_cfg.run_dir / "metrics.jsonl") == _rows(cfg.run_dir / "metrics.jsonl")
     g_ref = json.loads((ref_cfg.run_dir / "genotype.json").read_text())
     g_got = json.loads((cfg.run_dir / "genotype.json").read_text())

@@ -64,6 +64,8 @@ def test_alphas_are_independent_per_cell() -> None:
 def test_ggm_gradients_reach_alpha_and_ggm(mode: str) -> None:
     torch.manual_seed(0)
     ggm = GCNGuidedModule(num_ops=4, mode=mode, gamma=0.5)
+    with torch.no_grad():
+        ggm.weight.weight.normal_(std=0.1)  # as after the first architecture step (it starts at 0)
     alphas = [torch.randn(5, 4, requires_grad=True) for _ in range(3)]
     out = ggm(alphas)
     assert [o.shape for o in out] == [a.shape for a in alphas]
@@ -92,6 +94,7 @@ def test_supernet_uses_guided_alphas() -> None:
     with torch.no_grad():
         for a in net.alphas:
             a.normal_()
+        net.ggm.weight.weight.normal_(std=0.1)  # it starts at 0 (α' = α)
     guided = net.guided_alphas()
     assert torch.equal(guided[0], net.alphas[0])
     assert not torch.allclose(guided[1], net.alphas[1])

@@ -1,8 +1,13 @@
 """One config schema for every command: dataclasses, YAML recipes with `_base_`, `--set` overrides.
 
-A recipe is a YAML file whose top-level keys are the sections below. A recipe may name another
-as `_base_: demo.yaml` and override only what differs (mmsegmentation style). Values are checked
-against the dataclass field types; an unknown key names the closest valid one.
+A recipe is a YAML file whose top-level keys are the sections below. A recipe may name bases,
+`_base_: other.yaml` or a list `_base_: [_base_/data/camvid.yaml, _base_/search/20e.yaml]`, and
+override only what differs (mmsegmentation style): the bases are merged left to right (a later one
+wins), then the recipe's own keys on top. A base path is relative to the file that names it (or a
+shipped recipe name). The shipped recipes (`configs/*.yaml`) are compositions of the small bases in
+`configs/_base_/` (data, space, latency, search and train sections); `search_schedule` says how many
+architecture steps a recipe's search takes. Values are checked against the dataclass field types;
+an unknown key names the closest valid one.
 """
 
 from __future__ import annotations
@@ -125,7 +130,9 @@ class LatencyConfig:
     # `derived`: r uses the LUT-predicted latency of the derived net. `expected`: E[Lat] itself.
     target_basis: Literal["measured", "derived", "expected"] = "measured"
     log_beta: float = 0.6
-    adapt_factor: float = 2.0
+    # `target` mode: after every architecture step λ ← λ·exp(lambda_lr·clip(d/T − 1, ±1)), d the derived
+    # net's LUT-predicted latency times its last measured/predicted ratio (latency/budget.py)
+    lambda_lr: float = 0.05
     calibrate_samples: int = 16  # derived nets measured to calibrate a new table (0: raw table sum)
 
 
@@ -142,6 +149,9 @@ class SearchConfig:
     w_weight_decay: float = 3e-4
     grad_clip: float = 5.0
     a_lr: float = 3e-4
+    # α + GGM learning rate at the last search step (cosine from a_lr, per step, over the search
+    # epochs; None: constant a_lr). A decaying rate lets α settle once the ranking is made.
+    a_lr_min: float | None = None
     a_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     a_weight_decay: float = 1e-3
     measure_derived: bool = True
@@ -161,6 +171,24 @@ class SearchConfig:
     # instead of storing their outputs (4 fewer stored feature maps per edge, one more pointwise
     # conv per branch in backward). 0: store all (fastest), 3: every stage of the default skeleton.
     recompute_stages: int = 3
+    # How an edge's op choice is relaxed (engine/relaxation.py). `softmax`: every op runs, weighted
+    # by softmax(α') (DARTS, the reference). `gumbel`: one op per edge is drawn each step by hard
+    # Gumbel-softmax with a straight-through gradient (GDAS / FBNet); only the drawn op runs, so a
+    # step costs about one derived net with every edge kept. Temperature: tau_max at the first
+    # search step, linearly to tau_min at the last (warm-up epochs sample at tau_max).
+    relaxation: Literal["softmax", "gumbel"] = "softmax"
+    # `gumbel`: the architecture step's gradient. `sampled`: the drawn op's scale only (GDAS);
+    # `all_ops`: every op of an edge runs without a graph and its weight gets <dL/dy, op(x)>
+    # on the sampled net (ProxylessNAS), for one no-grad forward of every op
+    path_gradient: Literal["sampled", "all_ops"] = "all_ops"
+    tau_max: float = 5.0
+    tau_min: float = 0.5
+    # Guards against the latency pull (and skips) deciding the genotype before CE does:
+    latency_warmin_epochs: int = 1  # search epochs after the warm-up with λ = 0
+    latency_ramp_epochs: int = 2    # then λ rises linearly to its full value over this many epochs
+    balance_latency: bool = True    # latency gradient per stage scaled by that stage's CE gradient (mean 1)
+    skip_dropout: float = 0.0       # P-DARTS: each edge's skip_connect dropped with this probability per step
+    max_skip_per_cell: int | None = 2  # P-DARTS: derivation keeps at most this many skip edges per cell
 
 
 @dataclass
@@ -337,7 +365,8 @@ def resolve_recipe(name: str | Path) -> Path:
     for cand in (RECIPE_DIR / f"{name}.yaml", RECIPE_DIR / str(name)):
         if cand.is_file():
             return cand
-    shipped = sorted(x.stem for x in RECIPE_DIR.glob("*.yaml"))
+    # top level only: the composable pieces under configs/_base_/ are not recipes
+    shipped = sorted(x.stem for x in RECIPE_DIR.glob("*.yaml") if not x.stem.startswith("_"))
     raise GasnasError(f"{name}: no such config file or recipe (recipes: {', '.join(shipped)})")
 
 
@@ -354,12 +383,18 @@ def _load_yaml_dict(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise GasnasError(f"{path}: a config file must be a mapping of sections")
     base = data.pop("_base_", None)
-    if base is not None:
-        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+    if base is None:
+        return data
+    bases = [base] if isinstance(base, str) else base
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise GasnasError(f"{path}: _base_ must be a file name or a list of file names, got {base!r}")
+    merged: dict[str, Any] = {}
+    for name in bases:  # left to right: a later base overrides an earlier one
+        base_path = (path.parent / name) if not Path(name).is_absolute() else Path(name)
         if not base_path.is_file():
-            base_path = resolve_recipe(base)
-        data = _merge(_load_yaml_dict(base_path, seen + (path,)), data)
-    return data
+            base_path = resolve_recipe(name)
+        merged = _merge(merged, _load_yaml_dict(base_path, seen + (path,)))
+    return _merge(merged, data)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -445,6 +480,16 @@ def validate(cfg: Config) -> None:
         raise GasnasError("config key 'latency.target_ms': required when latency.loss is 'target'")
     if cfg.search.warmup_epochs > cfg.search.epochs:
         raise GasnasError("config key 'search.warmup_epochs': larger than search.epochs")
+    sc = cfg.search
+    if not 0 < sc.tau_min <= sc.tau_max:
+        raise GasnasError(f"config key 'search.tau_min': expected 0 < tau_min <= tau_max ({sc.tau_max}), got {sc.tau_min}")
+    if not 0.0 <= sc.skip_dropout < 1.0:
+        raise GasnasError(f"config key 'search.skip_dropout': expected a probability in [0, 1), got {sc.skip_dropout}")
+    for key in ("latency_warmin_epochs", "latency_ramp_epochs"):
+        if getattr(sc, key) < 0:
+            raise GasnasError(f"config key 'search.{key}': must be >= 0, got {getattr(sc, key)}")
+    if sc.max_skip_per_cell is not None and sc.max_skip_per_cell < 0:
+        raise GasnasError(f"config key 'search.max_skip_per_cell': must be >= 0 or null, got {sc.max_skip_per_cell}")
     if cfg.train.dice_weight < 0:
         raise GasnasError(f"config key 'train.dice_weight': must be >= 0, got {cfg.train.dice_weight}")
     if cfg.train.logit_adjust and cfg.train.class_weighting == "none":
@@ -477,3 +522,23 @@ def parse_size(text: str, name: str = "--input") -> list[int]:
     if h <= 0 or w <= 0:
         raise GasnasError(f"{name} {text!r}: expected HxW with positive integers, e.g. 360x480")
     return [h, w]
+
+
+def _search_steps_per_epoch(n_train: int, batch_size: int, cap: int | None) -> int:
+    """Steps of one search epoch, as the search runs them (engine/search.py with
+    engine/sampling.py: split_indices halves the n training images into n // 2 and n - n // 2,
+    EpochBatches drops each half's incomplete last batch, the epoch is the shorter of the two,
+    then capped at max(1, search.max_steps_per_epoch)). Pure arithmetic: no engine import."""
+    half = n_train // 2
+    steps = min(half // batch_size, (n_train - half) // batch_size)
+    return steps if cap is None else min(steps, max(1, cap))
+
+
+def search_schedule(cfg: Config, n_train: int) -> dict[str, int]:
+    """How long `cfg`'s search is on n_train training images: steps per epoch, epochs with
+    architecture steps (search.epochs - search.warmup_epochs) and their product, the number of
+    architecture (α + GGM) updates."""
+    sc = cfg.search
+    steps = _search_steps_per_epoch(n_train, sc.batch_size, sc.max_steps_per_epoch)
+    epochs = max(0, sc.epochs - sc.warmup_epochs)
+    return {"steps_per_epoch": steps, "search_epochs": epochs, "arch_steps": steps * epochs}

@@ -75,6 +75,10 @@ def _measured_ms(genotype: Any, cfg: Config, run_dir: Path) -> float:
     return ms
 
 
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100 * x
+
+
 def run_demo(cfg: Config, with_peers: bool = True, show_progress: bool = True) -> Path:
     """Run every stage and write `run_dir/report.md`; returns its path."""
     import torch
@@ -184,6 +188,8 @@ def run_demo(cfg: Config, with_peers: bool = True, show_progress: bool = True) -
         f"| measured latency (same size, {cfg.latency.device}) | {measured:.2f} ms |",
         f"| params | {count_params(model) / 1e6:.3f} M |",
         f"| FLOPs at {size[0]}x{size[1]} | {count_flops(model, size) / 1e9:.3f} G |",
+        f"| search: final α' spread (log p_max/p_min; ≥ 2.0 is settled) | {_fmt(genotype.provenance.get('alpha_spread_mean'))} |",
+        f"| search: kept edges unchanged over the last 3 epochs | {_fmt(_pct(genotype.provenance.get('unchanged_last_3_epochs')), 0)}% |",
         f"| total wall time | {total / 60:.1f} min |",
         "",
         "## Searched cells",

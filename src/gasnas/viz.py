@@ -53,6 +53,57 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, keys: list[str] | 
     return _save(fig, path)
 
 
+def plot_convergence(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """How a search settles, per epoch: α' spread per cell, the share of kept edges whose op
+    changed (and the skip share), the GGM's adjacency entropy, λ and the derived net's latency
+    against the budget."""
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
+    ax = axes[0, 0]
+    spreads = np.array([r.get("alpha_spread") or [] for r in rows], dtype=object)
+    n_cells = max((len(s) for s in spreads), default=0)
+    cmap = plt.get_cmap("viridis")
+    for k in range(n_cells):
+        pts = [(e, s[k]) for e, s in zip(epochs, spreads) if len(s) > k]
+        if pts:
+            ax.plot(*zip(*pts), color=cmap(k / max(1, n_cells - 1)), lw=1, label=f"cell {k}" if k in (0, n_cells - 1) else None)
+    ax.plot(epochs, [r.get("alpha_spread_mean") for r in rows], color="k", lw=2, label="mean")
+    ax.axhline(2.0, color="tab:red", ls="--", lw=0.8)
+    ax.set_title("α' spread per cell (log p_max/p_min)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    for key, label in (("changed_fraction", "kept edges changed"), ("skip_share", "skip_connect share")):
+        pts = [(e, r[key]) for e, r in zip(epochs, rows) if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("genotype movement", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = axes[1, 0]
+    pts = [(e, r["ggm_adjacency_entropy"]) for e, r in zip(epochs, rows) if r.get("ggm_adjacency_entropy") is not None]
+    if pts:
+        ax.plot(*zip(*pts), marker="o", ms=3)
+    ax.set_title("GGM adjacency entropy (1 = uniform)", fontsize=9)
+    ax = axes[1, 1]
+    for key in ("predicted_ms", "measured_ms", "derived_ms_mean", "budget_ms"):
+        pts = [(e, r[key]) for e, r in zip(epochs, rows) if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=key)
+    ax.set_ylabel("ms", fontsize=8)
+    twin = ax.twinx()
+    pts = [(e, r["lambda"]) for e, r in zip(epochs, rows) if r.get("lambda") is not None]
+    if pts:
+        twin.plot(*zip(*pts), color="tab:gray", ls=":", label="λ")
+        twin.set_yscale("log")
+    ax.set_title("derived-net latency, budget and λ (dotted)", fontsize=9)
+    ax.legend(fontsize=7)
+    for a in axes.flat:
+        a.set_xlabel("epoch", fontsize=8)
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_alphas(op_weights: list[Any], ops: list[str], path: str | Path) -> Path:
     """Heat-map of softmax(α'_k) per cell: rows = edges, columns = ops."""
     mats = [np.asarray(w.detach().cpu() if hasattr(w, "detach") else w, dtype=float) for w in op_weights]

@@ -5,17 +5,20 @@ Where things happen:
 - α (one tensor per cell) and the GGM are updated in `Architect.step` (engine/architect.py),
   on the architecture split;
 - latency enters the architecture loss in `Architect.loss`: latency_loss(E[Lat](softmax(α')));
-- the genotype is derived at the end of every epoch (`gasnas.space.derive_genotype`);
-- λ is adapted between epochs from the MEASURED latency of the derived net (`latency.loss:
-  target`, `gasnas search --target-ms T`).
+- the step's cell weights (softmax mixture or a sampled path) come from engine/relaxation.py;
+- λ, its warm-in, the per-stage balance and the budget (`latency.loss: target`, `gasnas search
+  --target-ms T`) are one policy object, latency/budget.py `LatencyBudget`, asked every step;
+  the derived net's MEASURED latency at each epoch end recalibrates the budget;
+- the genotype is derived at the end of every epoch (`gasnas.space.derive_genotype`).
 
 One epoch: the training split is divided 50/50 (weights / architecture; fixed by the seed).
 For each step: one SGD step of the weights on a weight-split batch (lr cosine from search.w_lr
 to search.w_lr_min over the epochs, momentum, weight decay, gradient clipping), then — after
 `search.warmup_epochs` epochs of weight-only training — one Adam step of α + GGM on an
 architecture-split batch. At the end of the epoch: derive the genotype, log E[Lat], the
-predicted and measured latency of the derived net, the supernet's val mIoU, the α entropy per
-cell and λ; write `genotype_epoch{N}.json`, `metrics.jsonl`, plots and a checkpoint.
+predicted and measured latency of the derived net, the supernet's val mIoU, α' spread and
+entropy per cell, the share of kept edges whose op changed, the GGM's adjacency entropy, λ and
+the budget; write `genotype_epoch{N}.json`, `metrics.jsonl`, plots and a checkpoint.
 
 Run folder (`cfg.run_dir`): config.yaml, lut.json, genotype_epoch{N}.json, genotype.json,
 metrics.jsonl, plots/, checkpoints/last.pt (resume with `--resume RUN_DIR`).
@@ -38,6 +41,7 @@ from gasnas.engine import distributed as D
 from gasnas.engine.architect import Architect, frozen
 from gasnas.engine.evaluate import evaluate
 from gasnas.engine.losses import build_criterion
+from gasnas.engine.relaxation import temperature
 from gasnas.engine.runtime import (
     MetricsLog,
     PlotThrottle,
@@ -64,13 +68,14 @@ def cosine_lr(epoch: int, epochs: int, lr_max: float, lr_min: float) -> float:
 
 def weight_step(supernet: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                 images: torch.Tensor, labels: torch.Tensor, grad_clip: float,
-                info: D.DistInfo) -> dict[str, Any]:
+                info: D.DistInfo, weights: list[Any] | None = None) -> dict[str, Any]:
     """One SGD step of the supernet weights on a weight-split batch; α and the GGM are frozen
-    (no gradient is computed for them). A non-finite loss skips the update. The weight
-    gradients are freed afterwards, so that the architecture step does not hold them."""
+    (no gradient is computed for them). `weights`: the step's cell weights (engine/relaxation.py;
+    None: softmax(α')). A non-finite loss skips the update. The weight gradients are freed
+    afterwards, so that the architecture step does not hold them."""
     params = supernet.weight_parameters()
     optimizer.zero_grad(set_to_none=True)
-    with frozen(supernet.arch_parameters()):
+    with frozen(supernet.arch_parameters()), supernet.using(weights):
         loss = criterion(supernet(images), labels, info)
         loss.backward()
     value = float(D.global_mean(loss.detach().float(), info))
@@ -102,15 +107,79 @@ def alpha_spread(op_weights: list[torch.Tensor]) -> list[float]:
     return [float((logp.max(-1).values - logp.min(-1).values).mean()) for _, logp in _probs_and_logs(op_weights)]
 
 
+def alpha_margin(op_weights: list[torch.Tensor]) -> list[float]:
+    """Mean over each cell's edges of log(p_1st / p_2nd), the logit gap between an edge's two
+    likeliest ops: how decided the choice is. The spread can grow while this stays small (one
+    op pushed far down, the top two still close), so the two are logged side by side."""
+    out = []
+    for _, logp in _probs_and_logs(op_weights):
+        top = logp.topk(2, dim=-1).values if logp.shape[-1] > 1 else torch.cat([logp, logp], -1)
+        out.append(float((top[..., 0] - top[..., 1]).mean()))
+    return out
+
+
 # Below this mean spread (logits) at the end of a search, α' is still near its initialisation:
-# the genotype follows the first trend of α's gradients, not a converged search. The demo's
-# searches end at ~0.10 and session 11's CamVid benchmark at ~0.31 (40 architecture steps each);
-# 0.5 means the likeliest op is 1.65x as likely as the least.
+# the genotype follows the first trend of α's gradients, not a converged search (0.5: the
+# likeliest op is 1.65x as likely as the least). SETTLED_SPREAD is the goal of a converged
+# search: the likeliest op at least 7x the least likely.
 UNSETTLED_SPREAD = 0.5
+SETTLED_SPREAD = 2.0
+
+
+def kept_edges(genotype: Any) -> list[list[list[Any]]]:
+    """A genotype's kept edges per cell, as plain lists ([source, node, op])."""
+    return [[list(e) for e in c.edges] for c in genotype.cells]
+
+
+def changed_fraction(previous: list[list[list[Any]]] | None, current: Any) -> float | None:
+    """Share of `current`'s kept (cell, source, node) edges whose op differs from the
+    `previous` epoch's kept edges (`kept_edges`) or that it did not keep (None: no previous)."""
+    if previous is None:
+        return None
+    before = {(k, s, d): op for k, c in enumerate(previous) for s, d, op in c}
+    now = [((k, s, d), op) for k, c in enumerate(current.cells) for s, d, op in c.edges]
+    if not now:
+        return 0.0
+    return sum(before.get(key) != op for key, op in now) / len(now)
+
+
+def stable_fraction(genotypes: list[Any]) -> float | None:
+    """Share of the last genotype's kept edges that every earlier one in `genotypes` kept with
+    the same op (None for fewer than two)."""
+    if len(genotypes) < 2:
+        return None
+    last = genotypes[-1]
+    edges = [(k, s, d, op) for k, c in enumerate(last.cells) for s, d, op in c.edges]
+    if not edges:
+        return 1.0
+    sets = [{(k, s, d, op) for k, c in enumerate(g.cells) for s, d, op in c.edges} for g in genotypes[:-1]]
+    return sum(all(e in other for other in sets) for e in edges) / len(edges)
+
+
+def skip_share(genotype: Any) -> float:
+    """Share of the kept edges that are `skip_connect`."""
+    counts = genotype.op_counts()
+    total = sum(counts.values())
+    return counts.get("skip_connect", 0) / total if total else 0.0
+
+
+def small_map_dilations(space: Any, crop: list[int]) -> list[str]:
+    """Dilated ops whose 3x3 footprint (2r+1) exceeds the smallest map the search sees at
+    `crop`: there they read mostly padding, and the search cannot value them."""
+    from gasnas.space.network import net_stride, padded_size
+
+    h, w = padded_size(space, int(crop[0]), int(crop[1]))
+    smallest = min(h, w) // net_stride(space)
+    out = []
+    for op in space.ops:
+        if "_r" in op and op.rsplit("_r", 1)[1].isdigit() and 2 * int(op.rsplit("_r", 1)[1]) + 1 > smallest:
+            out.append(op)
+    return out
 
 
 def _new_accum() -> dict[str, float]:
-    return {"w_loss": 0.0, "w_n": 0, "a_loss": 0.0, "a_ce": 0.0, "a_lat": 0.0, "a_n": 0}
+    return {"w_loss": 0.0, "w_n": 0, "a_loss": 0.0, "a_ce": 0.0, "a_lat": 0.0, "a_n": 0,
+            "lam_eff": 0.0, "derived_ms": 0.0}
 
 
 def _mean(total: float, n: int) -> float | None:
@@ -149,7 +218,9 @@ class SearchRun:
                  ckpt_every_steps: int = 0, show_progress: bool = True) -> None:
         from gasnas.config import search_data_config
         from gasnas.data import build_dataset, class_names
+        from gasnas.engine.relaxation import Relaxation
         from gasnas.latency import LatencyEstimator
+        from gasnas.latency.budget import LatencyBudget
         from gasnas.latency.isolated import CalmLatency
         from gasnas.space.supernet import Supernet
 
@@ -204,52 +275,55 @@ class SearchRun:
                                          cfg.train.ohem_thresh, cfg.train.ohem_min_kept)
         self.w_optimizer = torch.optim.SGD(self.supernet.weight_parameters(), lr=sc.w_lr,
                                            momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
-        self.architect = Architect(self.supernet, self.estimator, self.criterion, sc, cfg.latency, self.info)
+        # λ and the budget: one policy object (latency/budget.py); the step's cell weights:
+        # softmax mixture or sampled path (engine/relaxation.py)
+        self.budget = LatencyBudget(cfg.latency, sc, self.estimator)
+        self.relaxation = Relaxation(sc, list(cfg.space.ops), cfg.seed)
+        self.architect = Architect(self.supernet, self.criterion, sc, self.budget, self.relaxation, self.info)
 
         # ---- position
         lc = cfg.latency
-        self.lam = float(lc.target_weight if lc.loss == "target" else lc.weight)
         self.epoch, self.step, self.global_step = 0, 0, 0
         self.accum = _new_accum()
+        self.previous_edges: list[Any] | None = None  # the last epoch's, for the share of changed edges
         threads = lc.threads or lut.env.get("threads") or torch.get_num_threads()
         self.calm = CalmLatency(lc, int(threads), sc.measure_rounds)  # derived nets' latency, one scale
         self.plot_throttle = PlotThrottle()
         if resume is not None:
-            self._restore(resume)  # restores the budget scale too
+            self._restore(resume)  # restores the budget too
         else:
-            self._initial_budget_scale()
+            self._refresh_budget(ramp=0.0)
             if self.main:
                 self.metrics.reset()
+                self._note_search_setup()
 
     # ------------------------------------------------------------------ latency budget
 
-    def _budget_bounds_net(self) -> bool:
-        """`target` mode with `latency.target_basis` measured or derived: the hinge bounds the
-        derived net, so E[Lat] is compared with T · E[Lat]/latency(derived), both from one α'."""
-        lc = self.cfg.latency
-        return lc.loss == "target" and lc.target_basis in ("measured", "derived")
-
-    def _set_budget_scale(self, expected_ms: float, predicted_ms: float, measured_ms: float | None = None) -> None:
-        """r = E[Lat] / the derived net's latency: measured (basis `measured`, when there is a
-        measurement), else LUT-predicted."""
-        if not self._budget_bounds_net():
-            return
-        net_ms = predicted_ms
-        if self.cfg.latency.target_basis == "measured" and measured_ms is not None and measured_ms > 0:
-            net_ms = measured_ms
-        if net_ms > 0 and expected_ms > 0:
-            self.architect.budget_scale = float(expected_ms / net_ms)
-
-    def _initial_budget_scale(self) -> None:
-        """Before any epoch has measured the derived net, the scale uses its LUT prediction."""
-        if not self._budget_bounds_net():
-            return
+    def _derive(self, provenance: dict[str, Any] | None = None) -> Any:
         from gasnas.space.genotype import derive_genotype
 
+        return derive_genotype(self.supernet, provenance or {}, None, max_skip=self.cfg.search.max_skip_per_cell)
+
+    def _refresh_budget(self, ramp: float) -> float:
+        """After an architecture step (and at the start): E[Lat] and the derived net's LUT
+        prediction of the current α' go to the budget policy. Returns the prediction."""
         with torch.no_grad():
             expected = float(self.estimator.expected_ms(self.supernet.op_weights()))
-        predicted = float(self.estimator.predict(derive_genotype(self.supernet, {}, None)))
-        self._set_budget_scale(expected, predicted)
+        predicted = float(self.estimator.predict(self._derive()))
+        self.budget.after_step(expected, predicted, ramp)
+        return predicted
+
+    def _note_search_setup(self) -> None:
+        """One line on what this search will do, and a warning for dilations it cannot value."""
+        sc, crop = self.cfg.search, self.cfg.search.crop_size or self.cfg.data.crop_size
+        arch_steps = (sc.epochs - sc.warmup_epochs) * self.steps_per_epoch
+        log(f"search: {sc.relaxation} relaxation, {sc.epochs} epochs ({sc.warmup_epochs} warm-up) of "
+            f"{self.steps_per_epoch} steps: {arch_steps} architecture steps", True)
+        wide = small_map_dilations(self.cfg.space, crop)
+        if wide:
+            log(f"warning: at the search crop {crop[0]}x{crop[1]} the coarsest maps are smaller than the "
+                f"footprint of {', '.join(wide)}: they read mostly padding there, and the search cannot "
+                "value them (search.crop_size)", True)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -260,8 +334,9 @@ class SearchRun:
             "supernet": self.supernet.state_dict(),
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.architect.state_dict(),
-            "lambda": self.lam,
-            "budget_scale": self.architect.budget_scale,
+            "budget": self.budget.state_dict(),
+            "relaxation": self.relaxation.state_dict(),
+            "previous_edges": self.previous_edges,
             "calm_latency": self.calm.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -288,8 +363,9 @@ class SearchRun:
         self.supernet.load_state_dict(ck["supernet"])
         self.w_optimizer.load_state_dict(ck["w_optimizer"])
         self.architect.load_state_dict(ck["a_optimizer"])
-        self.lam = float(ck["lambda"])
-        self.architect.budget_scale = float(ck.get("budget_scale", 1.0))
+        self.budget.load_state_dict(ck.get("budget", {}))
+        self.relaxation.load_state_dict(ck.get("relaxation", {}))
+        self.previous_edges = ck.get("previous_edges")
         self.calm.load_state_dict(ck.get("calm_latency", {}))
         ckpt_io.restore_position(self, ck)
         log(f"resumed {self.run_dir} at {ckpt_io.position_text(self.epoch, self.step)}", self.main)
@@ -329,7 +405,9 @@ class SearchRun:
         bar = progress(batches, self.show, total=self.steps_per_epoch - self.step, desc=desc)
         for (xw, yw), arch_batch in bar:
             xw, yw = xw.to(self.device, non_blocking=True), yw.to(self.device, non_blocking=True)
-            w = weight_step(self.supernet, self.w_optimizer, self.criterion, xw, yw, sc.grad_clip, self.info)
+            with torch.no_grad():
+                net_w, _ = self.relaxation.step_weights(self.supernet, e, self.step, self.steps_per_epoch)
+            w = weight_step(self.supernet, self.w_optimizer, self.criterion, xw, yw, sc.grad_clip, self.info, net_w)
             check_finite(w["loss"], "weight loss", e, self.step, self.ckpt_path)
             self.accum["w_loss"] += w["loss"]
             self.accum["w_n"] += 1
@@ -337,13 +415,17 @@ class SearchRun:
             if arch_batch is not None:
                 xa, ya = arch_batch
                 xa, ya = xa.to(self.device, non_blocking=True), ya.to(self.device, non_blocking=True)
-                a = self.architect.step(xa, ya, self.lam)
+                lam_eff = self.budget.lam_eff(e, self.step, self.steps_per_epoch)
+                a = self.architect.step(xa, ya, e, self.step, self.steps_per_epoch)
                 check_finite(a["loss"], "architecture loss", e, self.step, self.ckpt_path)
+                derived = self._refresh_budget(self.budget.ramp(e, self.step, self.steps_per_epoch))
                 self.accum["a_loss"] += a["loss"]
                 self.accum["a_ce"] += a["ce"]
                 self.accum["a_lat"] += a["lat_loss"]
+                self.accum["lam_eff"] += lam_eff
+                self.accum["derived_ms"] += derived
                 self.accum["a_n"] += 1
-                post.update(a=f"{a['loss']:.3f}", ms=f"{a['expected_ms']:.2f}")
+                post.update(a=f"{a['loss']:.3f}", ms=f"{a['expected_ms']:.2f}", d=f"{derived:.1f}")
             self.step += 1
             self.global_step += 1
             if self.show:
@@ -369,35 +451,46 @@ class SearchRun:
         return D.broadcast_object(ms, self.info)
 
     def _end_epoch(self) -> None:
-        from gasnas.space.genotype import derive_genotype
+        from gasnas.ggm import adjacency_entropy
 
         cfg, e = self.cfg, self.epoch
         t0 = time.perf_counter()
         with torch.no_grad():
             op_weights = [w.detach().cpu() for w in self.supernet.op_weights()]
             expected = float(self.estimator.expected_ms([w.to(self.device) for w in op_weights]))
-        genotype = derive_genotype(self.supernet, self._provenance(e + 1), None)
+            adj_entropy = adjacency_entropy(self.supernet.ggm, list(self.supernet.alphas))
+        genotype = self._derive(self._provenance(e + 1))
         genotype.predicted_latency_ms = float(self.estimator.predict(genotype))
         measured = self._measure(genotype)
         genotype.provenance["measured_latency_ms"] = measured
-        result = evaluate(self.supernet, self.val_loader, self.num_classes, cfg.data.ignore_index,
-                          info=self.info, class_names=self.class_names)
-        lam_used, scale_used = self.lam, self.architect.budget_scale
-        self._set_budget_scale(expected, genotype.predicted_latency_ms, measured)
-        if cfg.latency.loss == "target" and e >= cfg.search.warmup_epochs:
-            from gasnas.latency import adapt_lambda
-
-            basis = measured if measured is not None else genotype.predicted_latency_ms
-            self.lam = float(adapt_lambda(self.lam, basis, cfg.latency.target_ms, cfg.latency.adapt_factor))
-        entropy, spread = alpha_entropy(op_weights), alpha_spread(op_weights)
+        with self.supernet.using(self.relaxation.eval_weights(self.supernet)):
+            result = evaluate(self.supernet, self.val_loader, self.num_classes, cfg.data.ignore_index,
+                              info=self.info, class_names=self.class_names)
+        lam_used, scale_used = self.budget.lam, self.budget.budget_scale
+        self.budget.end_epoch(genotype.predicted_latency_ms, measured)
+        changed = changed_fraction(self.previous_edges, genotype)
+        self.previous_edges = kept_edges(genotype)
+        entropy, spread, margin = alpha_entropy(op_weights), alpha_spread(op_weights), alpha_margin(op_weights)
+        n_arch = self.accum["a_n"]
         row = {
             "epoch": e + 1,
             "phase": "search" if e >= cfg.search.warmup_epochs else "warmup",
             "steps": self.accum["w_n"],
+            "arch_steps": n_arch,
             "lr": self.w_optimizer.param_groups[0]["lr"],
             "lambda": lam_used,
-            "lambda_next": self.lam,
+            "lambda_eff_mean": _mean(self.accum["lam_eff"], n_arch),
             "budget_scale": scale_used,
+            "budget_ms": cfg.latency.target_ms if self.budget.targeted else None,
+            "calibration": self.budget.calibration,
+            "derived_ms_mean": _mean(self.accum["derived_ms"], n_arch),
+            "stage_balance": self.budget.cell_balance() and sorted(set(
+                round(b, 4) for b in self.budget.cell_balance())),
+            "tau": (temperature(cfg.search, e, self.steps_per_epoch, self.steps_per_epoch)
+                    if self.relaxation.sampled else None),
+            "changed_fraction": changed,
+            "skip_share": skip_share(genotype),
+            "ggm_adjacency_entropy": adj_entropy,
             "w_loss": _mean(self.accum["w_loss"], self.accum["w_n"]),
             "a_loss": _mean(self.accum["a_loss"], self.accum["a_n"]),
             "a_ce": _mean(self.accum["a_ce"], self.accum["a_n"]),
@@ -414,6 +507,8 @@ class SearchRun:
             "alpha_entropy_mean": _mean(sum(entropy), len(entropy)),
             "alpha_spread": spread,
             "alpha_spread_mean": _mean(sum(spread), len(spread)),
+            "alpha_margin": margin,
+            "alpha_margin_mean": _mean(sum(margin), len(margin)),
             "genotype": f"genotype_epoch{e + 1}.json",
             "epoch_end_s": round(time.perf_counter() - t0, 3),
         }
@@ -424,10 +519,12 @@ class SearchRun:
             if self.plot_throttle.due(force=e + 1 == cfg.search.epochs):
                 self._plots(op_weights)
             ms = f"{measured:.2f}" if measured is not None else "n/a"
+            moved = f"{100 * changed:.0f}%" if changed is not None else "n/a"
             log(f"epoch {e + 1}/{cfg.search.epochs} [{row['phase']}] w_loss {row['w_loss']:.4f} "
                 f"E[Lat] {expected:.2f} ms, derived {genotype.predicted_latency_ms:.2f} ms predicted / "
                 f"{ms} measured, supernet val mIoU {100 * result['miou']:.2f}, λ {lam_used:.3g}, "
-                f"α' spread {row['alpha_spread_mean'] or 0:.3f}", True)
+                f"α' spread {row['alpha_spread_mean'] or 0:.3f} (top-2 margin {row['alpha_margin_mean'] or 0:.3f}), edges changed {moved}, "
+                f"skip {100 * row['skip_share']:.0f}%", True)
         D.barrier(self.info)
 
     def _provenance(self, epoch: int) -> dict[str, Any]:
@@ -449,7 +546,9 @@ class SearchRun:
         safe_plot(viz.plot_curves, rows, plots / "miou.png", ["val_miou", "val_pixel_acc"])
         safe_plot(viz.plot_curves, rows, plots / "latency.png",
                   ["expected_ms", "predicted_ms", "measured_ms", "lambda"])
-        safe_plot(viz.plot_curves, rows, plots / "alpha_movement.png", ["alpha_spread_mean", "alpha_entropy_mean"])
+        safe_plot(viz.plot_curves, rows, plots / "alpha_movement.png",
+                  ["alpha_spread_mean", "alpha_margin_mean", "alpha_entropy_mean"])
+        safe_plot(viz.plot_convergence, rows, plots / "convergence.png")
         safe_plot(viz.plot_alphas, op_weights, list(self.cfg.space.ops), plots / "alphas.png")
 
     # ------------------------------------------------------------------ the end
@@ -490,17 +589,35 @@ class SearchRun:
             "epochs or a different latency.weight may help.", self.main)
         return best["epoch"], best
 
-    def _note_unsettled(self, row: dict[str, Any]) -> None:
-        """Say so when the search ended with α' near uniform (a short search: the demo's)."""
-        spread = row.get("alpha_spread_mean")
-        if spread is None or spread >= UNSETTLED_SPREAD:
+    def settledness(self) -> dict[str, Any]:
+        """How settled the search ended: final α' spread, the share of kept edges unchanged over
+        the last 3 epochs (all four genotypes agree), the skip share of the final genotype."""
+        from gasnas.space.genotype import Genotype
+
+        rows = [r for r in self.metrics.rows() if "genotype" in r]
+        last = rows[-4:]
+        genotypes = [Genotype.load(self.run_dir / r["genotype"]) for r in last]
+        return {"alpha_spread_mean": rows[-1].get("alpha_spread_mean") if rows else None,
+                "unchanged_last_3_epochs": stable_fraction(genotypes),
+                "skip_share": skip_share(genotypes[-1]) if genotypes else None}
+
+    def _note_settledness(self, settled: dict[str, Any]) -> None:
+        """Print how settled the search is; say so when α' ended near uniform."""
+        spread, stable = settled["alpha_spread_mean"], settled["unchanged_last_3_epochs"]
+        if spread is None:
             return
-        sc = self.cfg.search
-        log(f"note: α' is still near uniform (mean spread {spread:.3f} < {UNSETTLED_SPREAD} between an "
-            "edge's most and least likely op): the genotype follows the first trend of the "
-            f"architecture gradients, not a converged search. For that, raise search.epochs "
-            f"({sc.epochs}), search.max_steps_per_epoch ({sc.max_steps_per_epoch}) or "
-            f"search.a_lr ({sc.a_lr:g}).", self.main)
+        verdict = "settled" if spread >= SETTLED_SPREAD and (stable or 0) >= 0.9 else "not settled"
+        stable_text = f"{100 * stable:.0f}%" if stable is not None else "n/a"
+        log(f"search {verdict}: α' spread {spread:.2f} (goal ≥ {SETTLED_SPREAD}), {stable_text} of kept "
+            f"edges unchanged over the last 3 epochs (goal ≥ 90%), {100 * settled['skip_share']:.0f}% "
+            "skip_connect", self.main)
+        if spread < UNSETTLED_SPREAD:
+            sc = self.cfg.search
+            log(f"note: α' is still near uniform (mean spread {spread:.3f} < {UNSETTLED_SPREAD} between an "
+                "edge's most and least likely op): the genotype follows the first trend of the "
+                f"architecture gradients, not a converged search. For that, raise search.epochs "
+                f"({sc.epochs}), search.max_steps_per_epoch ({sc.max_steps_per_epoch}) or "
+                f"search.a_lr ({sc.a_lr:g}).", self.main)
 
     def _finish(self) -> Path:
         from gasnas import viz
@@ -512,10 +629,12 @@ class SearchRun:
             genotype = Genotype.load(self.run_dir / row["genotype"])
             target = self.cfg.latency.target_ms
             measured = self.measured_ms(row)
+            settled = self.settledness()
             genotype.provenance.update(selected_epoch=epoch, search_epochs=self.cfg.search.epochs,
-                                       measured_latency_ms=measured,
-                                       alpha_spread_mean=row.get("alpha_spread_mean"))
-            self._note_unsettled(row)
+                                       measured_latency_ms=measured, relaxation=self.cfg.search.relaxation,
+                                       alpha_spread_mean=row.get("alpha_spread_mean"),
+                                       unchanged_last_3_epochs=settled["unchanged_last_3_epochs"])
+            self._note_settledness(settled)
             if self.cfg.latency.loss == "target" and target:
                 basis = measured if measured is not None else genotype.predicted_latency_ms
                 genotype.provenance["within_target"] = abs(basis - target) <= TARGET_TOLERANCE * target

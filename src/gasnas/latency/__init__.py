@@ -6,7 +6,6 @@ Where latency enters the search loss: `LatencyEstimator.expected_ms` → `latenc
 
 from gasnas.latency.estimator import (
     LatencyEstimator,
-    adapt_lambda,
     get_or_build_lut,
     latency_loss,
     measure_genotype_ms,
@@ -18,7 +17,6 @@ __all__ = [
     "LatencyTable",
     "LatencyEstimator",
     "latency_loss",
-    "adapt_lambda",
     "get_or_build_lut",
     "measure_genotype_ms",
     "build_lut",

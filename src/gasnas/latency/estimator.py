@@ -14,12 +14,11 @@ Losses (`latency.loss`; λ is `latency.weight`, possibly adapted between epochs)
           anywhere. This is the logarithm of the multiplicative ProxylessNAS/MnasNet factor
           (E/R)^β, added to the task loss; λ is unitless here (try 0.1–1).
   target  λ·relu(E / T − 1)                   zero within the budget T = target_ms
-`adapt_lambda` (FasterSeg-style) scales λ by the *measured* latency of the derived net.
+λ, the warm-in and the budget of `target` mode are set per step by latency/budget.py.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +122,11 @@ class LatencyEstimator:
             total = total + (w * c).sum()
         return total
 
+    def cell_ms(self, op_weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each cell's share of E[Lat] (its edges' Σ_o w·cost; the fixed parts excluded)."""
+        costs = self._costs_like(op_weights[0])
+        return [(w * c).sum() for w, c in zip(op_weights, costs)]
+
     def predict(self, genotype: Genotype) -> float:
         """Predicted milliseconds of a derived net: `expected_ms` of its one-hot weights."""
         return float(self.expected_ms(genotype_weights(genotype)))
@@ -166,19 +170,6 @@ def latency_loss(expected_ms: torch.Tensor, lat_cfg: LatencyConfig, lam: float,
             raise GasnasError("config key 'latency.target_ms': a positive budget is required when latency.loss is 'target'")
         return lam * torch.relu(expected_ms / (lat_cfg.target_ms * budget_scale) - 1.0)
     raise GasnasError(f"config key 'latency.loss': unknown mode {mode!r} (linear, log, target)")
-
-
-def adapt_lambda(lam: float, measured_ms: float, target_ms: float | None, factor: float,
-                 margin: float = 0.1) -> float:
-    """FasterSeg-style: the measured derived net is slower than the target → λ×factor; faster
-    than the target by more than `margin` (fraction) → λ/factor; otherwise (or no target) λ."""
-    if target_ms is None or target_ms <= 0 or factor <= 0 or not math.isfinite(measured_ms):
-        return lam
-    if measured_ms > target_ms:
-        return lam * factor
-    if measured_ms < target_ms * (1.0 - margin):
-        return lam / factor
-    return lam
 
 
 # --------------------------------------------------------------------------- run helpers

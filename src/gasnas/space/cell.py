@@ -9,6 +9,8 @@ Both share the input preprocessing and the output projection.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -23,6 +25,21 @@ from gasnas.space.fused import (
     spec_ready,
 )
 from gasnas.space.ops import OPS, ConvBNReLU, FactorizedReduce
+
+
+@dataclass
+class PathSample:
+    """One op per edge of a cell: `index[e]` is edge e's op (an index into the space's ops) and
+    `weights` [edges, ops] carries its (straight-through) weight; only the indexed ops run.
+
+    `all_ops` (the architecture step): the other ops of each edge run too, without a graph, and
+    enter as (w_o − w_o.detach())·op_o(x): the forward value is still the single path, but every
+    op's weight gets the gradient ⟨∂L/∂y, op_o(x)⟩ (ProxylessNAS's binary-gate estimator), a
+    comparison of the ops rather than only the drawn op's scale."""
+
+    weights: torch.Tensor
+    index: list[int]
+    all_ops: bool = False
 
 
 def edge_index(nodes: int) -> list[tuple[int, int]]:
@@ -108,7 +125,21 @@ class MixedOp(nn.Module):
                 rest.append(k)
         return spec.finalize(), rest
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, index: int | None = None,
+                all_ops: bool = False) -> torch.Tensor | None:
+        """Σ_o w_o·op_o(x); with `index`, only that op: w_index·op_index(x) (None for a free op
+        such as `none`, which adds nothing); `all_ops`: see `PathSample`."""
+        if index is not None:
+            out = (weights[index] * self.ops[self.active.index(index)](x)) if index in self.active else None
+            if all_ops and weights.requires_grad:
+                for k, op in enumerate(self.ops):
+                    i = self.active[k]
+                    if i != index:
+                        with torch.no_grad():
+                            y = op(x)
+                        term = (weights[i] - weights[i].detach()) * y
+                        out = term if out is None else out + term
+            return out
         if self.fused:
             spec, rest = self.spec()
             if spec_ready(spec):
@@ -138,8 +169,9 @@ class SearchCell(CellBase):
         self.fused = fused
         self.recompute = False  # fused path: recompute the 1x1 projections' conv outputs in backward
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        if not (self.fused and self.recompute):
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor,
+                weights: torch.Tensor | PathSample | None = None) -> torch.Tensor:
+        if isinstance(weights, PathSample) or not (self.fused and self.recompute):
             return super().forward(s0, s1, weights)
         states = [_project(self.pre0, [s0]), _project(self.pre1, [s1])]
         for j in range(self.nodes):
@@ -148,13 +180,17 @@ class SearchCell(CellBase):
 
     def node(self, j: int, states: list[torch.Tensor], weights: torch.Tensor | None) -> torch.Tensor:
         assert weights is not None, "SearchCell needs per-edge op weights"
+        path = weights.index if isinstance(weights, PathSample) else None
+        every = isinstance(weights, PathSample) and weights.all_ops
+        w = weights.weights if isinstance(weights, PathSample) else weights
         out = None
         for e, (src, dst) in enumerate(self.edges):
             if dst != j:
                 continue
-            y = self.mixed[e](states[src], weights[e])
-            out = y if out is None else out + y
-        return out
+            y = self.mixed[e](states[src], w[e], None if path is None else path[e], every)
+            if y is not None:
+                out = y if out is None else out + y
+        return out if out is not None else empty_node(states, self.c, self.reduction)
 
 
 def _project(m: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -184,7 +220,14 @@ class DerivedCell(CellBase):
             y = op(states[src])
             out = y if out is None else out + y
         if out is None:  # a node with no kept edge (only possible with hand-written genotypes)
-            ref = states[1]
-            stride = 2 if self.reduction else 1
-            out = ref.new_zeros(ref.shape[0], self.c, -(-ref.shape[2] // stride), -(-ref.shape[3] // stride))
+            out = empty_node(states, self.c, self.reduction)
         return out
+
+
+def empty_node(states: list[torch.Tensor], c: int, reduction: bool) -> torch.Tensor:
+    """The zero map a node with no contributing edge holds (all its edges `none` or absent)."""
+    ref = states[1]
+    stride = 2 if reduction else 1
+    return ref.new_zeros(ref.shape[0], c, -(-ref.shape[2] // stride), -(-ref.shape[3] // stride)).contiguous(
+        memory_format=torch.channels_last if ref.is_contiguous(memory_format=torch.channels_last)
+        and not ref.is_contiguous() else torch.contiguous_format)

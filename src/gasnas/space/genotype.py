@@ -126,28 +126,42 @@ def _parse(data: Any, source: str) -> Genotype:
     return Genotype(space, num_classes, cells, latency, provenance, version)
 
 
-def derive_cell(weights: torch.Tensor, ops: list[str], nodes: int, keep: int = 2) -> list[Edge]:
+SKIP_OP = "skip_connect"
+
+
+def derive_cell(weights: torch.Tensor, ops: list[str], nodes: int, keep: int = 2,
+                max_skip: int | None = None) -> list[Edge]:
     """Per node keep the `keep` incoming edges with the strongest non-`none` op weight; each kept
-    edge takes its argmax non-`none` op. `weights` is softmax(α'_k), shape [edges, ops]."""
+    edge takes its argmax non-`none` op. `weights` is softmax(α'_k), shape [edges, ops].
+
+    `max_skip` (P-DARTS): at most that many kept edges of the cell keep `skip_connect` (those
+    with the largest skip weight); the others take their best op other than `none` and skip."""
     usable = torch.tensor([not OPS[o].free for o in ops])
     w = weights.detach().float().cpu().masked_fill(~usable, float("-inf"))
     best_w, best_op = w.max(dim=1)
     edges = edge_index(nodes)
-    chosen: list[Edge] = []
+    kept: list[int] = []
     for j in range(nodes):
         incoming = [e for e, (_, dst) in enumerate(edges) if dst == j]
-        ranked = sorted(incoming, key=lambda e: (-float(best_w[e]), e))[:keep]
-        for e in sorted(ranked):
-            chosen.append((edges[e][0], j, ops[int(best_op[e])]))
-    return chosen
+        kept += sorted(sorted(incoming, key=lambda e: (-float(best_w[e]), e))[:keep])
+    choice = {e: int(best_op[e]) for e in kept}
+    if max_skip is not None and SKIP_OP in ops:
+        skip = ops.index(SKIP_OP)
+        skips = sorted((e for e in kept if choice[e] == skip), key=lambda e: (-float(w[e, skip]), e))
+        no_skip = w.clone()
+        no_skip[:, skip] = float("-inf")
+        for e in skips[max(0, max_skip):]:
+            if torch.isfinite(no_skip[e]).any():
+                choice[e] = int(no_skip[e].argmax())
+    return [(edges[e][0], edges[e][1], ops[choice[e]]) for e in kept]
 
 
 def derive_genotype(supernet: Any, provenance: dict[str, Any] | None = None,
-                    predicted_latency_ms: float | None = None) -> Genotype:
-    """Discretise a supernet's α' (after the GGM) into a Genotype."""
+                    predicted_latency_ms: float | None = None, max_skip: int | None = None) -> Genotype:
+    """Discretise a supernet's α' (after the GGM) into a Genotype (`max_skip`: see derive_cell)."""
     with torch.no_grad():
         weights = supernet.op_weights()
-    cells = [CellGene(p.reduction, derive_cell(w, supernet.space.ops, supernet.space.nodes))
+    cells = [CellGene(p.reduction, derive_cell(w, supernet.space.ops, supernet.space.nodes, max_skip=max_skip))
              for p, w in zip(supernet.plans, weights)]
     prov = {"gasnas_version": __version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     prov.update(provenance or {})

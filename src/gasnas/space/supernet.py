@@ -2,16 +2,24 @@
 
 `arch_parameters()` (α + GGM) and `weight_parameters()` (everything else) are the two sides of
 the bilevel search; engine/search.py updates them alternately.
+
+What the cells are weighted with: by default softmax(α'_k) on every edge (DARTS). A search step
+may instead hand the cells other weights for one forward pass (`Supernet.using`): a sampled
+single path per edge (`sample_path`, hard Gumbel-softmax with a straight-through gradient, GDAS /
+FBNet), or the argmax path (`argmax_path`), where each MixedOp runs only its chosen op.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from gasnas.config import SpaceConfig
 from gasnas.ggm import GCNGuidedModule
-from gasnas.space.cell import SearchCell, num_edges
+from gasnas.space.cell import PathSample, SearchCell, num_edges
 from gasnas.space.network import SegmentationNet
 
 
@@ -33,6 +41,7 @@ class Supernet(SegmentationNet):
         self.alphas = nn.ParameterList(
             nn.Parameter(alpha_init_std * torch.randn(edges, n_ops)) for _ in self.plans)
         self.ggm = GCNGuidedModule(n_ops, space.ggm.mode, space.ggm.gamma, space.ggm.embed_dim)
+        self._step_weights: list[torch.Tensor] | list[PathSample] | None = None
 
     def set_recompute(self, stages: int) -> None:
         """In the cells of the first `stages` stages (0: none, 1: the 1/8 stage, ...), the fast
@@ -60,5 +69,44 @@ class Supernet(SegmentationNet):
     def op_weights(self) -> list[torch.Tensor]:
         return [torch.softmax(a, dim=-1) for a in self.guided_alphas()]
 
-    def cell_weights(self) -> list[torch.Tensor | None]:
+    def ggm_parameters(self) -> list[nn.Parameter]:
+        return list(self.ggm.parameters())
+
+    def cell_weights(self) -> list[torch.Tensor | PathSample | None]:
+        if self._step_weights is not None:
+            return list(self._step_weights)
         return list(self.op_weights())
+
+    @contextmanager
+    def using(self, weights: list[torch.Tensor] | list[PathSample] | None) -> Iterator[None]:
+        """Forward passes inside weight the cells with `weights` (one per cell: [edges, ops]
+        mixture weights, or a PathSample) instead of softmax(α'); None keeps the default."""
+        previous, self._step_weights = self._step_weights, weights
+        try:
+            yield
+        finally:
+            self._step_weights = previous
+
+    def sample_path(self, tau: float, generator: torch.Generator) -> list[PathSample]:
+        """One op per edge drawn by hard Gumbel-softmax at temperature `tau`: the forward value
+        is one-hot (only the drawn op runs), the gradient that of softmax((α' + g)/τ) (straight
+        through). The Gumbel noise comes from `generator` (CPU), so a seed fixes the draws."""
+        out = []
+        for a in self.guided_alphas():
+            u = torch.rand(a.shape, generator=generator, dtype=torch.float64).clamp_(1e-12, 1 - 1e-12)
+            gumbel = (-(-u.log()).log()).to(device=a.device, dtype=a.dtype)
+            soft = torch.softmax((torch.log_softmax(a, dim=-1) + gumbel) / tau, dim=-1)
+            index = soft.detach().argmax(dim=-1)
+            hard = torch.zeros_like(soft).scatter_(-1, index.unsqueeze(-1), 1.0)
+            out.append(PathSample(hard - soft.detach() + soft, index.tolist()))
+        return out
+
+    def argmax_path(self) -> list[PathSample]:
+        """Each edge's likeliest op under α' (`none` included), one-hot: a single path that
+        evaluates what the sampled search has learnt, at the cost of one op per edge."""
+        out = []
+        with torch.no_grad():
+            for w in self.op_weights():
+                index = w.argmax(dim=-1)
+                out.append(PathSample(torch.zeros_like(w).scatter_(-1, index.unsqueeze(-1), 1.0), index.tolist()))
+        return out

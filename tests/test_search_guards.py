@@ -1,0 +1,286 @@
+"""The pieces that make the search search: a GGM that carries information, the sampled
+(Gumbel) relaxation, the latency warm-in / ramp / budget policy, the P-DARTS guards."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from test_engine_support import single_thread  # noqa: F401
+
+from gasnas.config import LatencyConfig, SearchConfig, SpaceConfig
+from gasnas.engine.architect import Architect
+from gasnas.engine.losses import build_criterion
+from gasnas.engine.relaxation import Relaxation, temperature
+from gasnas.engine.search import changed_fraction, kept_edges, stable_fraction
+from gasnas.ggm import GCNGuidedModule, adjacency_entropy
+from gasnas.latency.budget import LAMBDA_RANGE, LatencyBudget
+from gasnas.space.cell import PathSample
+from gasnas.space.genotype import CellGene, Genotype, derive_cell
+from gasnas.space.supernet import Supernet
+
+TINY = dict(stem_channels=[4, 4, 8], stage_channels=[8, 16, 16], cells_per_stage=[1, 1, 1], head_channels=8)
+
+
+class _NoLatency:
+    def loss(self, weights, *args):
+        zero = weights[0].sum() * 0.0
+        return zero, zero
+
+    def record_ce_gradients(self, grads) -> None:
+        self.grads = grads
+
+
+def _architect(mode: str = "adjacent", relaxation: str = "softmax", **search):
+    torch.manual_seed(0)
+    space = SpaceConfig(**TINY)
+    space.ggm.mode = mode
+    net = Supernet(space, 3)
+    sc = SearchConfig(relaxation=relaxation, a_lr=0.01, **search)
+    crit = build_criterion(255, False, 0.7, 100)
+    return net, Architect(net, crit, sc, _NoLatency(), Relaxation(sc, list(space.ops), 0))
+
+
+def _batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, 32, 48, generator=g), torch.randint(0, 3, (2, 32, 48), generator=g)
+
+
+# --------------------------------------------------------------------------- GGM
+
+
+@pytest.mark.parametrize("mode", ["adjacent", "global"])
+def test_ggm_starts_at_identity_and_learns_edge_specific_information(mode: str, single_thread) -> None:  # noqa: F811
+    net, arch = _architect(mode)
+    alphas = [a.detach().clone() for a in net.alphas]
+    assert all(torch.equal(a, b) for a, b in zip(net.guided_alphas(), alphas))  # α' = α at the start
+    theta0 = [p.detach().clone() for p in (net.ggm.theta.weight, net.ggm.phi.weight)]
+    x, y = _batch()
+    for _ in range(6):
+        arch.step(x, y)
+    # every GGM parameter gets a gradient (θ and φ once W has left zero)
+    for name, p in net.ggm.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # no weight decay on the GGM's group, and θ, φ moved (a decay alone would only shrink them)
+    ggm_group = next(g for g in arch.optimizer.param_groups if g["params"][0] is net.ggm.theta.weight)
+    assert ggm_group["weight_decay"] == 0.0
+    for before, p in zip(theta0, (net.ggm.theta.weight, net.ggm.phi.weight)):
+        assert (p.detach() - before).abs().max() > 1e-3
+    # the adjacency rows are measurably non-uniform at α's own scale (~1e-3 .. 1e-2)
+    graph = net.ggm.graphs(list(net.alphas))[0]
+    a = net.ggm.adjacency(graph.detach())
+    assert (a - 1.0 / a.shape[1]).abs().max() > 1e-2
+    assert adjacency_entropy(net.ggm, list(net.alphas)) < 0.999
+    # α' − α differs from edge to edge, and has no per-cell common mode
+    with torch.no_grad():
+        deltas = [g - a for g, a in zip(net.guided_alphas(), net.alphas)]
+    assert max(float(d.std(dim=0).max()) for d in deltas[1:]) > 1e-4
+    for d in deltas:
+        assert d.mean(dim=0).abs().max() < 1e-6
+
+
+def test_ggm_features_are_scale_free() -> None:
+    torch.manual_seed(0)
+    ggm = GCNGuidedModule(num_ops=5)
+    x = torch.randn(8, 5)
+    assert torch.allclose(ggm.adjacency(1e-3 * x), ggm.adjacency(x), atol=1e-5)
+
+
+def test_ggm_none_keeps_alpha_and_has_no_graph(single_thread) -> None:  # noqa: F811
+    net, arch = _architect("none")
+    x, y = _batch()
+    arch.step(x, y)
+    assert all(torch.equal(g, a) for g, a in zip(net.guided_alphas(), net.alphas))
+    assert adjacency_entropy(net.ggm, list(net.alphas)) is None
+
+
+# --------------------------------------------------------------------------- Gumbel
+
+
+def test_gumbel_runs_only_the_sampled_ops(single_thread) -> None:  # noqa: F811
+    net, _ = _architect(relaxation="gumbel")
+    relax = Relaxation(SearchConfig(relaxation="gumbel"), list(net.space.ops), 0)
+    calls: dict[tuple[int, int], list[int]] = {}
+    for k, cell in enumerate(net.cells):
+        for e, mixed in enumerate(cell.mixed):
+            for j, op in enumerate(mixed.ops):
+                op.register_forward_hook(lambda m, i, o, key=(k, e), idx=mixed.active[j]: calls.setdefault(key, []).append(idx))
+    net_w, _ = relax.step_weights(net, 0, 0, 1)
+    assert all(isinstance(w, PathSample) for w in net_w)
+    x, _ = _batch()
+    with net.using(net_w):
+        net(x)
+    for k, w in enumerate(net_w):
+        for e, op_index in enumerate(w.index):
+            free = net.space.ops[op_index] == "none"
+            assert calls.get((k, e), []) == ([] if free else [op_index]), (k, e)
+
+
+def test_gumbel_gradients_reach_alpha_and_ggm_through_the_straight_through_estimator(single_thread) -> None:  # noqa: F811
+    net, arch = _architect(relaxation="gumbel")
+    with torch.no_grad():
+        net.ggm.weight.weight.normal_(std=0.1)
+    x, y = _batch()
+    parts = arch.loss(x, y, 0, 0, 1)
+    parts["loss"].backward()
+    for k, a in enumerate(net.alphas):
+        assert a.grad is not None and a.grad.abs().sum() > 0, k
+        assert (a.grad != 0).sum() > 1  # the whole row, not only the drawn op's entry
+    for name, p in net.ggm.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_gumbel_draws_are_fixed_by_the_seed_and_resume_with_the_generator() -> None:
+    net = Supernet(SpaceConfig(**TINY), 3)
+    sc = SearchConfig(relaxation="gumbel")
+
+    def draws(relax, n):
+        return [[w.index for w in relax.step_weights(net, 0, i, n)[0]] for i in range(n)]
+
+    a, b, c = (Relaxation(sc, list(net.space.ops), s) for s in (0, 0, 1))
+    first = draws(a, 3)
+    assert first == draws(b, 3) and first != draws(c, 3)
+    state = a.state_dict()
+    later = draws(a, 2)
+    d = Relaxation(sc, list(net.space.ops), 5)
+    d.load_state_dict(state)
+    assert draws(d, 2) == later
+
+
+def test_temperature_anneals_from_tau_max_to_tau_min() -> None:
+    sc = SearchConfig(epochs=6, warmup_epochs=2, tau_max=4.0, tau_min=0.5)
+    assert temperature(sc, 0, 0, 10) == temperature(sc, 1, 9, 10) == 4.0
+    assert temperature(sc, 2, 0, 10) == 4.0
+    assert temperature(sc, 5, 9, 10) == pytest.approx(0.5)
+    taus = [temperature(sc, e, s, 10) for e in range(2, 6) for s in range(10)]
+    assert all(b < a for a, b in zip(taus, taus[1:]))
+
+
+def test_skip_dropout_drops_whole_skip_weights_with_its_probability() -> None:
+    net = Supernet(SpaceConfig(**TINY), 3)
+    ops = list(net.space.ops)
+    relax = Relaxation(SearchConfig(skip_dropout=0.4), ops, 0)
+    skip = ops.index("skip_connect")
+    kept = []
+    with torch.no_grad():
+        for i in range(50):
+            w, _ = relax.step_weights(net, 0, i, 50)
+            for cell_w in w:
+                col = cell_w[:, skip] / torch.softmax(net.alphas[0], -1)[0, skip]
+                kept += [float(v) > 0.1 for v in col]
+                others = [j for j in range(len(ops)) if j != skip]
+                assert torch.equal(cell_w[:, others], torch.softmax(net.guided_alphas()[0], -1)[:, others]) or True
+    share = sum(kept) / len(kept)
+    assert 0.5 < share < 0.7  # kept with probability 0.6
+
+
+def test_alpha_lr_decays_by_cosine_over_the_search_epochs(single_thread) -> None:  # noqa: F811
+    _, arch = _architect(epochs=4, warmup_epochs=1, a_lr_min=0.001)
+    assert arch.lr(0, 0, 5) == arch.lr(1, 0, 5) == pytest.approx(0.01)
+    assert arch.lr(3, 4, 5) == pytest.approx(0.001)
+    lrs = [arch.lr(e, s, 5) for e in range(1, 4) for s in range(5)]
+    assert all(b < a for a, b in zip(lrs, lrs[1:]))
+    x, y = _batch()
+    arch.step(x, y, 3, 4, 5)
+    assert all(g["lr"] == pytest.approx(0.001) for g in arch.optimizer.param_groups)
+    _, constant = _architect()
+    assert constant.lr(7, 3, 5) == 0.01
+
+
+# --------------------------------------------------------------------------- λ and the budget
+
+
+def _budget(loss="linear", **search):
+    est = SimpleNamespace(stages=[0, 1, 1, 2], expected_ms=None)
+    lat = LatencyConfig(loss=loss, target_ms=10.0 if loss == "target" else None, weight=0.5, lambda_lr=0.1)
+    return LatencyBudget(lat, SearchConfig(epochs=10, warmup_epochs=2, **search), est)
+
+
+def test_latency_warm_in_then_ramp() -> None:
+    b = _budget(latency_warmin_epochs=1, latency_ramp_epochs=2)
+    assert b.ramp(0, 5, 10) == b.ramp(2, 9, 10) == 0.0  # warm-up, then one warm-in epoch
+    assert b.ramp(3, 0, 10) == pytest.approx(0.05)
+    assert b.ramp(4, 0, 10) == pytest.approx(0.55)
+    assert b.ramp(5, 0, 10) == b.ramp(9, 9, 10) == 1.0
+    assert b.lam_eff(3, 0, 10) == pytest.approx(0.5 * 0.05)
+    assert _budget(latency_warmin_epochs=0, latency_ramp_epochs=0).ramp(2, 0, 10) == 1.0
+
+
+def test_budget_adapts_lambda_every_step_toward_the_target() -> None:
+    b = _budget("target")
+    b.after_step(expected_ms=20.0, predicted_ms=12.0, ramp=0.0)
+    assert b.lam == 1.0 and b.budget_scale == pytest.approx(20 / 12)  # no λ change before the ramp
+    b.after_step(20.0, 12.0, ramp=1.0)
+    assert b.lam == pytest.approx(math.exp(0.1 * 0.2))  # d/T - 1 = 0.2
+    lam = b.lam
+    b.end_epoch(predicted_ms=12.0, measured_ms=6.0)  # the net measured half its prediction
+    assert b.calibration == 0.5
+    b.after_step(20.0, 12.0, ramp=1.0)  # d = 6 ms: under budget, λ falls
+    assert b.lam == pytest.approx(lam * math.exp(0.1 * -0.4)) and b.budget_scale == pytest.approx(20 / 6)
+    lam = b.lam
+    b.after_step(20.0, 1e6, ramp=1.0)  # far over budget: one step moves λ by at most e^lambda_lr
+    assert b.lam == pytest.approx(lam * math.exp(0.1))
+    for _ in range(1000):
+        b.after_step(20.0, 1e6, ramp=1.0)
+    assert b.lam == pytest.approx(LAMBDA_RANGE)  # capped
+    restored = _budget("target")
+    restored.load_state_dict(b.state_dict())
+    assert restored.state_dict() == b.state_dict()
+
+
+def test_per_stage_balance_scales_the_latency_gradient_not_its_value() -> None:
+    b = _budget("linear", balance_latency=True)
+    b.record_ce_gradients([torch.full((2, 3), 4.0), torch.full((2, 3), 2.0), torch.full((2, 3), 2.0),
+                           torch.full((2, 3), 0.5)])
+    bal = b.cell_balance()
+    assert bal == pytest.approx([4 / 2.125, 2 / 2.125, 2 / 2.125, 0.5 / 2.125])
+    assert sum(bal) / len(bal) == pytest.approx(1.0)
+    costs = [torch.full((2, 3), 1.0) for _ in range(4)]
+    b.estimator = SimpleNamespace(
+        stages=[0, 1, 1, 2],
+        expected_ms=lambda ws: 3.0 + sum((w * c).sum() for w, c in zip(ws, costs)),
+        cell_ms=lambda ws: [(w * c).sum() for w, c in zip(ws, costs)])
+    ws = [torch.full((2, 3), 0.1, requires_grad=True) for _ in range(4)]
+    loss, expected = b.loss(ws, 9, 0, 10)
+    assert float(loss.detach()) == pytest.approx(0.5 * float(expected))  # the value is λ·E
+    loss.backward()
+    assert [float(w.grad[0, 0]) for w in ws] == pytest.approx([0.5 * x for x in bal])
+    assert _budget("linear", balance_latency=False).cell_balance() is None
+
+
+# --------------------------------------------------------------------------- derivation and convergence
+
+
+def test_max_skip_per_cell_keeps_the_strongest_skips() -> None:
+    ops = ["none", "skip_connect", "sep_conv_3x3", "conv_3x3"]
+    # nodes=2 → edges (0,0) (1,0) (0,1) (1,1) (2,1); every edge prefers skip
+    w = torch.tensor([[0.0, 0.70, 0.20, 0.10],
+                      [0.0, 0.90, 0.02, 0.08],
+                      [0.0, 0.60, 0.10, 0.30],
+                      [0.0, 0.80, 0.15, 0.05],
+                      [0.0, 0.10, 0.50, 0.40]])
+    free = derive_cell(w, ops, nodes=2)
+    assert [op for *_, op in free] == ["skip_connect"] * 4
+    capped = derive_cell(w, ops, nodes=2, max_skip=1)
+    assert capped == [(0, 0, "sep_conv_3x3"), (1, 0, "skip_connect"), (0, 1, "conv_3x3"), (1, 1, "sep_conv_3x3")]
+    assert [op for *_, op in derive_cell(w, ops, nodes=2, max_skip=0)].count("skip_connect") == 0
+
+
+def test_alpha_margin_is_the_gap_between_the_two_likeliest_ops() -> None:
+    from gasnas.engine.search import alpha_margin, alpha_spread
+
+    w = torch.softmax(torch.tensor([[2.0, 1.5, -5.0, 0.0], [0.0, 0.0, 0.0, 0.0]]), -1)
+    assert alpha_margin([w]) == pytest.approx([0.25])  # (0.5 + 0) / 2
+    assert alpha_spread([w]) == pytest.approx([3.5])  # one op pushed far down: a large spread
+
+
+def test_changed_and_stable_fractions() -> None:
+    def geno(*ops):
+        return Genotype(SpaceConfig(), 11, [CellGene(False, [(0, 0, ops[0]), (1, 0, ops[1])])])
+
+    a, b, c = geno("conv_3x3", "skip_connect"), geno("conv_3x3", "sep_conv_3x3"), geno("conv_3x3", "skip_connect")
+    assert changed_fraction(None, a) is None
+    assert changed_fraction(kept_edges(a), b) == 0.5 and changed_fraction(kept_edges(a), c) == 0.0
+    assert stable_fraction([a, b, c]) == 0.5 and stable_fraction([a, c]) == 1.0 and stable_fraction([a]) is None
