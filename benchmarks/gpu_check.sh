@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU check, for a session that is lent a GPU machine (see docs/results.md):
+# The one prepared GPU check, for a machine with a GPU (see docs/results.md):
 #   1. the card, driver and torch seen;
 #   2. FPS at 1024x2048, batch 1, of the default-space stand-in derived net (the genotype
 #      benchmarks/bench_peers.py derives from an untrained supernet, seed 0, so the numbers sit

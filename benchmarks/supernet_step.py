@@ -10,10 +10,9 @@ space/fused.py), stepped like engine/search.py `weight_step` and engine/architec
 the weights (no weight gradients). Both variants hold the same parameters; their outputs are
 compared first (must agree to 1e-5) and so are their gradients (α, GGM, weights; fp64, train
 mode).
-Since session 10 both variants pad 184x240 inputs to 192x256 inside (`space.pad_to_stride`, the
-default); the results of sessions 4-7 in docs/results.md were measured unpadded.
+Both variants pad 184x240 inputs to 192x256 inside (`space.pad_to_stride`, the default).
 
-Throughput: this VM runs in speed phases (for seconds to minutes everything is ~1.4x slower),
+Throughput: a shared CPU can run in speed phases (for seconds to minutes everything is ~1.4x slower),
 so variants timed in separate processes, or minutes apart, are not comparable. Both variants are
 built in one subprocess and timed step by step, alternately, for `--pairs` pairs (the order
 flips every pair); the throughput ratio is the median over pairs of t_naive / t_fast, and each
@@ -207,7 +206,7 @@ def main() -> None:
     ap.add_argument("--recompute-stages", type=int, default=None,
                     help="fast variant: search.recompute_stages (default: the config default)")
     ap.add_argument("--naive-skips-none", action="store_true",
-                    help="naive variant: skip the `none` op (sessions 1-10's baseline) instead of computing "
+                    help="naive variant: skip the `none` op (the earlier baseline) instead of computing "
                          "its weighted zeros as DARTS does")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (CUDA: peak memory is "
                     "torch.cuda.max_memory_allocated, not RSS)")

@@ -13,8 +13,7 @@ deepest BatchNorms see 4 values): a 1e-7 difference grows ~50x per step, and ONE
 running the same maths with fused vs unfused mixed-op kernels diverges just as fast as 1 vs 2
 processes. The test therefore uses w_lr = 0.002, and the one-process runs unfuse their mixed
 ops as the two processes do (with the input padded to the stride, fused vs unfused in ONE
-process moved α by 1.5e-4, the same as 1 vs 2 processes fused; unfused 1 vs 2: 1.5e-5,
-session 10). Every other setting is the default path.
+process moved α by 1.5e-4, the same as 1 vs 2 processes fused; unfused 1 vs 2: 1.5e-5). Every other setting is the default path.
 
 Even then a few quantities are rounding-chaotic: α after Adam steps (Adam's first steps are
 ±lr for gradients whose sign rounding can flip) and, in training, OHEM's threshold (a pixel
@@ -177,7 +176,7 @@ def test_two_processes_train_like_one(tmp_path_factory, single_thread, loss: str
     m2 = load_ckpt(two.run_dir / "train/last.pt", "train")["model"]
     for k in m1:
         # 5e-5: 2.5% of one AdamW step (lr 0.002); a step is ~lr x sign(g), so an element whose
-        # gradient cancels to ~1e-8 moves by rounding (session 10, input padded to the stride:
+        # gradient cancels to ~1e-8 moves by rounding (input padded to the stride:
         # 1 of 256 weights of cells.4.pre1 differed by 1.8e-5). A missing all-reduce moves most
         # weights by ~lr.
         assert torch.allclose(m1[k].float(), m2[k].float(), rtol=1e-5, atol=5e-5), k

@@ -163,17 +163,42 @@ def test_skip_dropout_drops_whole_skip_weights_with_its_probability() -> None:
     ops = list(net.space.ops)
     relax = Relaxation(SearchConfig(skip_dropout=0.4), ops, 0)
     skip = ops.index("skip_connect")
+    others = [j for j in range(len(ops)) if j != skip]
     kept = []
     with torch.no_grad():
+        soft = net.op_weights()
         for i in range(50):
-            w, _ = relax.step_weights(net, 0, i, 50)
-            for cell_w in w:
-                col = cell_w[:, skip] / torch.softmax(net.alphas[0], -1)[0, skip]
-                kept += [float(v) > 0.1 for v in col]
-                others = [j for j in range(len(ops)) if j != skip]
-                assert torch.equal(cell_w[:, others], torch.softmax(net.guided_alphas()[0], -1)[:, others]) or True
+            weights, latency = relax.step_weights(net, 0, i, 50)
+            for w, s, lat in zip(weights, soft, latency):
+                assert torch.equal(w[:, others], s[:, others]) and torch.equal(lat, s)  # only skip is dropped
+                ratio = w[:, skip] / s[:, skip]
+                assert all(abs(float(r)) < 1e-6 or abs(float(r) - 1 / 0.6) < 1e-5 for r in ratio)  # inverted scaling
+                kept += [float(r) > 0.5 for r in ratio]
     share = sum(kept) / len(kept)
     assert 0.5 < share < 0.7  # kept with probability 0.6
+
+
+def test_shared_alphas_give_one_alpha_per_cell_type(single_thread) -> None:  # noqa: F811
+    from gasnas.space.genotype import derive_genotype
+
+    space = SpaceConfig(**TINY, alpha_sharing="shared")
+    torch.manual_seed(0)
+    net = Supernet(space, 3)
+    assert len(net.alphas) == 2 and net.cell_alpha == [0, 1, 0, 1, 0]  # normal, reduction, ...
+    with torch.no_grad():
+        for a in net.alphas:
+            a.normal_()
+        net.ggm.weight.weight.normal_(std=0.1)
+    w = net.op_weights()
+    assert torch.equal(w[0], w[2]) and torch.equal(w[2], w[4]) and torch.equal(w[1], w[3])
+    assert torch.equal(net.guided_alphas()[0], net.alphas[0])  # α'_normal = α_normal
+    assert not torch.equal(net.guided_alphas()[1], net.alphas[1])  # the GGM passes normal → reduction
+    g = derive_genotype(net)
+    assert g.cells[0].edges == g.cells[2].edges == g.cells[4].edges and g.cells[1].edges == g.cells[3].edges
+    x, y = _batch()
+    crit = build_criterion(255, False, 0.7, 100)
+    crit(net(x), y, None).backward()
+    assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in net.alphas)
 
 
 def test_alpha_lr_decays_by_cosine_over_the_search_epochs(single_thread) -> None:  # noqa: F811
@@ -187,6 +212,32 @@ def test_alpha_lr_decays_by_cosine_over_the_search_epochs(single_thread) -> None
     assert all(g["lr"] == pytest.approx(0.001) for g in arch.optimizer.param_groups)
     _, constant = _architect()
     assert constant.lr(7, 3, 5) == 0.01
+
+
+@pytest.mark.parametrize("path_gradient", ["sampled", "all_ops"])
+def test_path_gradient_reaches_the_drawn_op_only_or_every_op(path_gradient: str, single_thread) -> None:  # noqa: F811
+    net, arch = _architect(relaxation="gumbel", path_gradient=path_gradient)
+    net_w, _ = arch.relaxation.step_weights(net, 0, 0, 1, arch=True)
+    assert all(w.all_ops == (path_gradient == "all_ops") for w in net_w)
+    for w in net_w:
+        w.weights.retain_grad()
+    x, y = _batch()
+    crit = build_criterion(255, False, 0.7, 100)
+    with net.using(net_w):
+        out = net(x)
+    crit(out, y, None).backward()
+    free = [i for i, op in enumerate(net.space.ops) if op == "none"]
+    for w in net_w:
+        g = w.weights.grad
+        for e, drawn in enumerate(w.index):
+            others = [i for i in range(g.shape[1]) if i != drawn and i not in free]
+            if path_gradient == "sampled":
+                assert (g[e, others] == 0).all()
+            else:
+                assert (g[e, others] != 0).all()
+    # the forward value is the single path either way
+    with torch.no_grad(), net.using([type(w)(w.weights, w.index, False) for w in net_w]):
+        assert torch.allclose(net(x), out.detach(), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- λ and the budget

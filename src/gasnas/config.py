@@ -92,13 +92,17 @@ class SpaceConfig:
     # the stem's 1/4 feature, then of its 1/2 feature, fused in; the classifier runs at the finest
     detail_channels: list[int] = field(default_factory=list)
     # how the first (1/4) step fuses (the 1/2 step is always separable): "conv" a dense 3x3, "sep" a
-    # depthwise-separable one (~7x fewer FLOPs there; the demo's choice since session 7)
+    # depthwise-separable one (~7x fewer FLOPs there; the demo's choice)
     detail_fuse: Literal["conv", "sep"] = "conv"
     # pad the input (edge-replicate, right/bottom) to a multiple of the net's stride and crop the
     # logits back, so every stride-2 step halves an even size at any input size, as in training
     # on crops that are multiples of it (gasnas addition; docs/method.md "Input padding")
     pad_to_stride: bool = True
     aux_heads: bool = False
+    # `independent` (GAS): every cell its own α. `shared` (DARTS, for the paper's cell-sharing
+    # ablation): one α for all normal cells and one for all reduction cells; the GGM then runs on
+    # the graph of the two cell types (α'_reduction from α_normal and α_reduction; α'_normal = α_normal)
+    alpha_sharing: Literal["independent", "shared"] = "independent"
     ggm: GGMConfig = field(default_factory=GGMConfig)
 
 
@@ -157,7 +161,7 @@ class SearchConfig:
     measure_derived: bool = True
     # Time the derived net in a fresh subprocess beside a reference net and report it on the
     # calm-phase scale (latency/isolated.py): inside the search process the same net measured
-    # 16-56 ms across epochs, and this VM's speed varies ~1.4x in phases. `measure_rounds`
+    # 16-56 ms across epochs, and a shared CPU's speed can vary ~1.4x in phases. `measure_rounds`
     # alternating rounds of each net.
     measure_isolated: bool = True
     measure_rounds: int = 3

@@ -27,7 +27,7 @@ QUICK_OVERRIDES = [
     "bench.input_size=[48, 64]", "bench.warmup=0", "bench.runs=1",
 ]
 
-# The report also gives the mIoU with flip + these input scales (+1.3-1.6 with the session-8 recipe;
+# The report also gives the mIoU with flip + these input scales (+1.3-1.6 with an earlier recipe;
 # the 1.5x scale alone now costs, being a smoothing resample: docs/results.md).
 TTA_SCALES = (1.0, 1.5)
 
@@ -59,7 +59,7 @@ def _logit_adjust_rows(meta: dict) -> list[str]:
 def _measured_ms(genotype: Any, cfg: Config, run_dir: Path) -> float:
     """The derived net's latency on the search's calm-phase scale: timed in a fresh process
     beside the search's reference net, scaled by the reference's calmest timing of the search
-    (latency/isolated.py); a single timing would measure this VM's speed phase as much as the
+    (latency/isolated.py); a single timing would measure the machine's speed phase as much as the
     net (one run read 26.8 ms for a net the search measured at 17.2). Without a search
     reference: one fresh-process timing."""
     from gasnas.engine.search import calm_reference

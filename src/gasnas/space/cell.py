@@ -187,7 +187,8 @@ class SearchCell(CellBase):
         for e, (src, dst) in enumerate(self.edges):
             if dst != j:
                 continue
-            y = self.mixed[e](states[src], w[e], None if path is None else path[e], every)
+            y = (self.mixed[e](states[src], w[e]) if path is None
+                 else self.mixed[e](states[src], w[e], path[e], every))
             if y is not None:
                 out = y if out is None else out + y
         return out if out is not None else empty_node(states, self.c, self.reduction)

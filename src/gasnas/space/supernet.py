@@ -37,9 +37,15 @@ class Supernet(SegmentationNet):
             self.to(memory_format=torch.channels_last)
         self.set_recompute(recompute_stages)
         edges, n_ops = num_edges(space.nodes), len(space.ops)
-        # One α tensor per cell: cells are independent (GAS), unlike DARTS' two shared α.
+        # One α tensor per cell: cells are independent (GAS), unlike DARTS' two shared α
+        # (`space.alpha_sharing: shared`: one per cell type, normal first, then reduction).
+        if space.alpha_sharing == "shared":
+            kinds = sorted({p.reduction for p in self.plans})  # False (normal) before True
+            self.cell_alpha = [kinds.index(p.reduction) for p in self.plans]
+        else:
+            self.cell_alpha = list(range(len(self.plans)))
         self.alphas = nn.ParameterList(
-            nn.Parameter(alpha_init_std * torch.randn(edges, n_ops)) for _ in self.plans)
+            nn.Parameter(alpha_init_std * torch.randn(edges, n_ops)) for _ in range(max(self.cell_alpha) + 1))
         self.ggm = GCNGuidedModule(n_ops, space.ggm.mode, space.ggm.gamma, space.ggm.embed_dim)
         self._step_weights: list[torch.Tensor] | list[PathSample] | None = None
 
@@ -63,8 +69,11 @@ class Supernet(SegmentationNet):
         return [p for p in self.parameters() if id(p) not in arch]
 
     def guided_alphas(self) -> list[torch.Tensor]:
-        """α' = GGM(α): what the forward pass, the latency estimate and derivation all use."""
-        return self.ggm(list(self.alphas))
+        """α' = GGM(α), one tensor per cell: what the forward pass, the latency estimate and
+        derivation all use. With shared α the GGM runs over the cell types and each cell takes
+        its type's α'."""
+        guided = self.ggm(list(self.alphas))
+        return [guided[i] for i in self.cell_alpha]
 
     def op_weights(self) -> list[torch.Tensor]:
         return [torch.softmax(a, dim=-1) for a in self.guided_alphas()]
