@@ -23,31 +23,17 @@ take it, and on a 2-core machine one foreign busy thread can slow torch's OpenMP
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from gasnas.fileio import exclusive_lock as exclusive
+
 LARGE = 1024 * 1024  # sizes with at least this many pixels use --large-runs/--large-warmup
-
-
-@contextlib.contextmanager
-def exclusive(lock: str | None) -> Iterator[None]:
-    if lock is None:
-        yield
-        return
-    with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _busy_s() -> float | None:

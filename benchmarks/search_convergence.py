@@ -18,7 +18,6 @@ search wall time; across seeds the share of kept (cell, edge, op) triples they a
 from __future__ import annotations
 
 import argparse
-import fcntl
 import itertools
 import json
 import shlex
@@ -26,41 +25,23 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from gasnas.fileio import exclusive_lock as exclusive
 
 GOALS = {"alpha_spread_mean": 2.0, "unchanged_last_3_epochs": 0.9, "skip_share_max": 1 / 3,
          "budget_tolerance": 0.10, "seed_agreement": 0.6, "search_minutes": 45}
-
-
-@contextmanager
-def exclusive(lock: str | None) -> Iterator[None]:
-    if lock is None:
-        yield
-        return
-    with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def time_nets(nets: dict[str, object], size: list[int], threads: int, rounds: int, repeats: int) -> dict[str, float]:
     """Median ms of each net at batch 1, timed in turn for `rounds` rounds (one process)."""
     import torch
 
-    from gasnas.latency.timing import make_runner, time_callable
+    from gasnas.latency.timing import make_runner, time_round_robin
 
     torch.set_num_threads(threads)
     runners = {name: make_runner(net, size, "torch", "cpu", "fp32", threads) for name, net in nets.items()}
-    per: dict[str, list[float]] = {name: [] for name in nets}
-    for run in runners.values():
-        time_callable(run, 3, 3, "cpu")
-    for _ in range(rounds):
-        for name, run in runners.items():
-            per[name].append(time_callable(run, 1, repeats, "cpu").median_ms)
+    per = time_round_robin(runners, rounds, repeats, warmup=6)
     return {name: statistics.median(v) for name, v in per.items()}
 
 

@@ -30,17 +30,18 @@ Report: OUT/summary.json, OUT/summary.md, OUT/mIoU_vs_latency.png.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import shlex
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from gasnas.config import parse_size
+from gasnas.errors import GasnasError
+from gasnas.fileio import exclusive_lock as exclusive
 
 VARIANTS: dict[str, list[str]] = {
     "adjacent": ["space.ggm.mode=adjacent"],
@@ -75,20 +76,6 @@ def run_gasnas(args: list[str], lock: str | None) -> float:
     return time.perf_counter() - t0
 
 
-@contextmanager
-def exclusive(lock: str | None) -> Iterator[None]:
-    """The same exclusive lock as `flock -x LOCK`, for the in-process stages."""
-    if lock is None:
-        yield
-        return
-    with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _sets(items: list[str]) -> list[str]:
     return [x for s in items for x in ("--set", s)]
 
@@ -113,33 +100,21 @@ def best_epoch_miou(run_dir: Path) -> tuple[float, int]:
     return 100.0 * float(best["val_miou"]), int(best["epoch"])
 
 
-def parse_hw(text: str) -> list[int]:
-    h, _, w = text.lower().partition("x")
-    if not (h.isdigit() and w.isdigit()):
-        raise SystemExit(f"--train-crop {text!r}: expected HxW, e.g. 180x240")
-    return [int(h), int(w)]
-
-
 def measure_nets(nets: dict[str, str], num_classes: int, size: list[int], threads: int | None,
                  rounds: int, repeats: int) -> dict[str, dict[str, float]]:
     """Median batch-1 ms of every net (a genotype.json path, or `peer:NAME`), timed in turn for
     `rounds` rounds in this one process, with params (M) and GFLOPs at `size`."""
     from gasnas.deploy.models import build_peer, complexity
-    from gasnas.latency.timing import make_runner, time_callable, torch_threads
+    from gasnas.latency.timing import make_runner, time_round_robin, torch_threads
     from gasnas.space.derived import DerivedNet
     from gasnas.space.genotype import Genotype
 
     models = {name: (build_peer(src.split(":", 1)[1], num_classes) if src.startswith("peer:")
                      else DerivedNet(Genotype.load(src))).eval() for name, src in nets.items()}
     sizes = {name: complexity(m, (size[0], size[1])) for name, m in models.items()}
-    per: dict[str, list[float]] = {name: [] for name in models}
     with torch_threads(threads):
         runners = {name: make_runner(m, size, "torch", "cpu", "fp32", threads) for name, m in models.items()}
-        for run in runners.values():
-            time_callable(run, 2, 1, "cpu")
-        for _ in range(max(1, rounds)):
-            for name, run in runners.items():
-                per[name].append(time_callable(run, 1, repeats, "cpu").median_ms)
+        per = time_round_robin(runners, rounds, repeats, warmup=3)
     return {name: {"ms": statistics.median(per[name]), "params_m": sizes[name][0] / 1e6,
                    "gflops": sizes[name][1] / 1e9} for name in models}
 
@@ -230,7 +205,10 @@ def plan_trainings(args: argparse.Namespace, out: Path, runs: list[dict[str, Any
 
 def stage_trainings(args: argparse.Namespace, out: Path, jobs: list[dict[str, Any]], common: list[str],
                     walls: dict[str, float]) -> None:
-    h, w = parse_hw(args.train_crop)
+    try:
+        h, w = parse_size(args.train_crop, "--train-crop")
+    except GasnasError as exc:
+        raise SystemExit(str(exc)) from None
     recipe = [f"train.epochs={args.train_epochs}", f"data.crop_size=[{h},{w}]", "data.eval_size=null",
               f"train.eval_every={max(1, args.train_epochs // 4)}"]
     for job in jobs:

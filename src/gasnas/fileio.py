@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path | None) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (the same lock as `flock -x PATH`) while the block runs;
+    None: no lock. Benchmarks take it so that two timed jobs never share the CPU."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -48,6 +48,22 @@ def percentile(values: list[float], q: float) -> float:
     return s[idx]
 
 
+def time_round_robin(runners: dict[str, Callable[[], Any]], rounds: int, repeats: int, warmup: int = 3,
+                     device: str = "cpu") -> dict[str, list[float]]:
+    """Each runner's median ms per round, the runners timed in turn for `rounds` rounds (after
+    `warmup` untimed runs each), so a slow phase of the machine hits all of them alike."""
+    for run in runners.values():
+        for _ in range(max(0, warmup)):
+            run()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    per: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(max(1, rounds)):
+        for name, run in runners.items():
+            per[name].append(time_callable(run, 1, repeats, device).median_ms)
+    return per
+
+
 def time_callable(fn: Callable[[], Any], warmup: int, repeats: int, device: str = "cpu") -> Timing:
     """Run `fn` `warmup` times untimed, then `repeats` times timed (ms each)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
