@@ -64,10 +64,11 @@ class Relaxation:
         (`arch`: the architecture step, which with `search.path_gradient: all_ops` also runs
         the other ops of each edge for their gradient). Differentiable in α and the GGM
         wherever they require grad."""
-        soft = supernet.op_weights()
+        guided = supernet.guided_alphas()
+        soft = [torch.softmax(a, dim=-1) for a in guided]
         if self.sampled:
             tau = temperature(self.cfg, epoch, step, steps_per_epoch)
-            paths = supernet.sample_path(tau, self.generator)
+            paths = supernet.sample_path(tau, self.generator, guided)
             latency = [0.5 * (s + p.weights) for s, p in zip(soft, paths)]
             every = arch and self.cfg.path_gradient == "all_ops"
             net: list[Any] = [PathSample(self._drop_skips(p.weights), p.index, every) for p in paths]

@@ -96,12 +96,14 @@ class Supernet(SegmentationNet):
         finally:
             self._step_weights = previous
 
-    def sample_path(self, tau: float, generator: torch.Generator) -> list[PathSample]:
+    def sample_path(self, tau: float, generator: torch.Generator,
+                    guided: list[torch.Tensor] | None = None) -> list[PathSample]:
         """One op per edge drawn by hard Gumbel-softmax at temperature `tau`: the forward value
         is one-hot (only the drawn op runs), the gradient that of softmax((α' + g)/τ) (straight
-        through). The Gumbel noise comes from `generator` (CPU), so a seed fixes the draws."""
+        through). The Gumbel noise comes from `generator` (CPU), so a seed fixes the draws.
+        `guided`: this step's α' when the caller has it already (the GGM runs once)."""
         out = []
-        for a in self.guided_alphas():
+        for a in (guided if guided is not None else self.guided_alphas()):
             u = torch.rand(a.shape, generator=generator, dtype=torch.float64).clamp_(1e-12, 1 - 1e-12)
             gumbel = (-(-u.log()).log()).to(device=a.device, dtype=a.dtype)
             soft = torch.softmax((torch.log_softmax(a, dim=-1) + gumbel) / tau, dim=-1)
