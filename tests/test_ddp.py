@@ -124,8 +124,12 @@ def test_two_processes_match_one(tmp_path_factory, single_thread, monkeypatch) -
     assert s1.keys() == s2.keys()
     spread = _rounding_spread(s1, load_ckpt(rounding.run_dir / "checkpoints/last.pt", "search")["supernet"])
     worst = _assert_close(s1, s2, spread, atol=1e-4, rtol=1e-4)
+    # Adam normalises each α element's gradient, so a rounding change in a near-zero element can
+    # move it by a fraction of one step; a gradient that is not averaged over the two processes
+    # flips the sign of some element's step, a difference of about 2·a_lr.
     alphas = [k for k in s1 if k.startswith("alphas.")]
-    assert alphas and all(worst[k] < 5e-5 or worst[k] <= ROUNDING_SLACK * spread[k] for k in alphas)
+    step = one.search.a_lr
+    assert alphas and all(worst[k] < 0.25 * step or worst[k] <= ROUNDING_SLACK * spread[k] for k in alphas)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
