@@ -132,6 +132,27 @@ def test_gumbel_gradients_reach_alpha_and_ggm_through_the_straight_through_estim
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("relaxation", ["softmax", "gumbel"])
+def test_derivable_expectation_gives_none_no_latency_pull(relaxation: str) -> None:
+    """latency.expectation=derivable: E[Lat] weights are each edge's softmax over the ops a
+    derived net can keep, so `none` gets no latency gradient and the rest sums to one."""
+    net, _ = _architect(relaxation=relaxation)
+    ops = list(net.space.ops)
+    none = ops.index("none")
+    relax = Relaxation(SearchConfig(relaxation=relaxation), ops, 0, expectation="derivable")
+    _, lat_w = relax.step_weights(net, 0, 0, 1, arch=True)
+    costs = [torch.arange(1.0, 1.0 + len(ops)).expand_as(w) for w in lat_w]
+    total = sum((w * c).sum() for w, c in zip(lat_w, costs))
+    total.backward()
+    for a, w in zip(net.alphas, lat_w):
+        assert torch.all(w[:, none] == 0)
+        assert torch.allclose(w.sum(dim=-1), torch.ones(w.shape[0], dtype=w.dtype))
+        assert torch.all(a.grad[:, none] == 0) and a.grad.abs().sum() > 0
+    mixture = Relaxation(SearchConfig(relaxation=relaxation), ops, 0)
+    _, mix_w = mixture.step_weights(net, 0, 0, 1, arch=True)
+    assert all(bool((w[:, none] > 0).all()) for w in mix_w)
+
+
 def test_gumbel_draws_are_fixed_by_the_seed_and_resume_with_the_generator() -> None:
     net = Supernet(SpaceConfig(**TINY), 3)
     sc = SearchConfig(relaxation="gumbel")

@@ -138,6 +138,12 @@ class LatencyConfig:
     # net's LUT-predicted latency times its last measured/predicted ratio (latency/budget.py)
     lambda_lr: float = 0.05
     calibrate_samples: int = 16  # derived nets measured to calibrate a new table (0: raw table sum)
+    # The op weights the search's E[Lat] is computed from. `mixture`: softmax(α') over every op
+    # (plus the drawn path under gumbel). `derivable`: per edge the softmax over the ops a derived
+    # net can keep (`none` excluded, the rest renormalised): `none` costs 0 in the mixture but is
+    # never kept, so under `mixture` the latency pull drains weight into `none` while the derived
+    # net, which takes each edge's best real op, stays where it was (latency/estimator.py).
+    expectation: Literal["mixture", "derivable"] = "mixture"
 
 
 @dataclass

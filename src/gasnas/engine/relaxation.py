@@ -13,8 +13,11 @@
   cost of one no-grad forward of every op.
 
 Both the weight step and the architecture step get their weights here, and so does the latency
-term: softmax(α') for `softmax`; for `gumbel` the mean of softmax(α') and the drawn one-hot path,
-so E[Lat] is the expectation plus the LUT latency of the ops that actually ran.
+term (`latency.expectation`): under `mixture`, softmax(α') for `softmax` and for `gumbel` the mean
+of softmax(α') and the drawn one-hot path (the expectation plus the LUT latency of the ops that
+actually ran); under `derivable`, for both relaxations, each edge's softmax over the ops that
+derivation can keep (free ops masked out, the rest renormalised), so no latency gradient reaches
+`none` and E[Lat] is the expected latency of what derivation can produce.
 
 `search.skip_dropout` (P-DARTS): each edge's `skip_connect` weight is dropped (inverted-dropout
 scaled) with that probability per step, so the parameter-free path cannot win by being trained
@@ -29,6 +32,7 @@ import torch
 
 from gasnas.engine.sampling import mix_seed
 from gasnas.space.cell import PathSample
+from gasnas.space.ops import OPS
 
 SAMPLER_STREAM = 3
 SKIP_OP = "skip_connect"
@@ -48,10 +52,13 @@ def temperature(search_cfg: Any, epoch: int, step: int, steps_per_epoch: int) ->
 class Relaxation:
     """Builds each step's cell weights (see the module docstring); owns the draws' generator."""
 
-    def __init__(self, search_cfg: Any, ops: list[str], seed: int) -> None:
+    def __init__(self, search_cfg: Any, ops: list[str], seed: int, expectation: str = "mixture") -> None:
         self.cfg = search_cfg
         self.mode = search_cfg.relaxation
+        self.expectation = expectation
         self.skip = ops.index(SKIP_OP) if SKIP_OP in ops else None
+        self.free = torch.tensor([OPS[o].free for o in ops])
+        self.any_free = bool(self.free.any())
         self.generator = torch.Generator().manual_seed(mix_seed(seed, SAMPLER_STREAM))
 
     @property
@@ -75,7 +82,15 @@ class Relaxation:
         else:
             latency = soft
             net = [self._drop_skips(w.view_as(w)) for w in soft]
+        if self.expectation == "derivable":
+            latency = [self.derivable(a) for a in guided]
         return net, latency
+
+    def derivable(self, alpha: torch.Tensor) -> torch.Tensor:
+        """Each edge's softmax over the ops derivation can keep (free ops weigh exactly 0)."""
+        if not self.any_free:
+            return torch.softmax(alpha, dim=-1)
+        return torch.softmax(alpha.masked_fill(self.free.to(alpha.device), float("-inf")), dim=-1)
 
     def eval_weights(self, supernet: Any) -> list[PathSample] | None:
         """What the supernet is evaluated with at an epoch end: the argmax path for `gumbel`

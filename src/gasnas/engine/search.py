@@ -278,7 +278,7 @@ class SearchRun:
         # λ and the budget: one policy object (latency/budget.py); the step's cell weights:
         # softmax mixture or sampled path (engine/relaxation.py)
         self.budget = LatencyBudget(cfg.latency, sc, self.estimator)
-        self.relaxation = Relaxation(sc, list(cfg.space.ops), cfg.seed)
+        self.relaxation = Relaxation(sc, list(cfg.space.ops), cfg.seed, cfg.latency.expectation)
         self.architect = Architect(self.supernet, self.criterion, sc, self.budget, self.relaxation, self.info)
 
         # ---- position
