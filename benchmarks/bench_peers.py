@@ -116,6 +116,7 @@ def _pct(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gasnas.config import parse_size
     from gasnas.deploy.bench import (
         BenchModel,
         markdown_table,
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         run_bench,
         summary_lines,
     )
-    from gasnas.deploy.models import PEERS, build_peer, complexity, parse_size
+    from gasnas.deploy.models import PEERS, build_peer, complexity
     from gasnas.fileio import write_json_atomic as write_json
     from gasnas.fileio import write_text_atomic as write_text
     from gasnas.space import DerivedNet

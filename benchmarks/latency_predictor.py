@@ -47,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/latency_predictor")
     args = p.parse_args(argv)
 
-    from gasnas.config import load_config
+    from gasnas.config import load_config, parse_size
     from gasnas.latency.calibrate import calibrate
-    from gasnas.latency.commands import parse_size
     from gasnas.latency.contention import Quiet, busy_threshold
     from gasnas.latency.lut import LatencyTable
     from gasnas.latency.measure import build_lut

@@ -202,10 +202,10 @@ def test_bench_missing_genotype(files: dict[str, Path], capsys) -> None:
 
 
 def test_parse_size() -> None:
-    from gasnas.deploy.models import parse_size
+    from gasnas.config import parse_size
 
-    assert parse_size("1024x2048") == (1024, 2048) and parse_size([360, 480]) == (360, 480)
-    for bad in ("10x", "x10", "0x5", "10*10", "axb"):
+    assert parse_size("1024x2048") == [1024, 2048] and parse_size([360, 480]) == [360, 480]
+    for bad in ("10x", "x10", "0x5", "10*10", "axb", [0, 5], [1, 2, 3], [True, 4]):
         with pytest.raises(GasnasError, match="--input"):
             parse_size(bad)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gasnas.cli import main
-from gasnas.config import Config, LatencyConfig, SpaceConfig
+from gasnas.config import Config, LatencyConfig, SpaceConfig, parse_size
 from gasnas.errors import GasnasError
 from gasnas.latency import (
     LatencyEstimator,
@@ -25,7 +25,6 @@ from gasnas.latency import (
     measure_genotype_ms,
 )
 from gasnas.latency.calibrate import calibrate, calibration_scope, fit_calibration
-from gasnas.latency.commands import parse_size
 from gasnas.latency.contention import CpuWatch, Quiet
 from gasnas.latency.keys import OpItem, space_layout
 from gasnas.latency.measure import measure_item

@@ -138,16 +138,21 @@ def test_derivable_expectation_gives_none_no_latency_pull(relaxation: str) -> No
     derived net can keep, so `none` gets no latency gradient and the rest sums to one."""
     net, _ = _architect(relaxation=relaxation)
     ops = list(net.space.ops)
-    none = ops.index("none")
-    relax = Relaxation(SearchConfig(relaxation=relaxation), ops, 0, expectation="derivable")
-    _, lat_w = relax.step_weights(net, 0, 0, 1, arch=True)
-    costs = [torch.arange(1.0, 1.0 + len(ops)).expand_as(w) for w in lat_w]
-    total = sum((w * c).sum() for w, c in zip(lat_w, costs))
-    total.backward()
-    for a, w in zip(net.alphas, lat_w):
-        assert torch.all(w[:, none] == 0)
-        assert torch.allclose(w.sum(dim=-1), torch.ones(w.shape[0], dtype=w.dtype))
-        assert torch.all(a.grad[:, none] == 0) and a.grad.abs().sum() > 0
+    none, skip = ops.index("none"), ops.index("skip_connect")
+    for cap, dropped in ((None, [none]), (1, [none, skip])):
+        sc = SearchConfig(relaxation=relaxation, max_skip_per_cell=cap)
+        relax = Relaxation(sc, ops, 0, expectation="derivable")
+        net.zero_grad(set_to_none=True)
+        _, lat_w = relax.step_weights(net, 0, 0, 1, arch=True)
+        costs = [torch.arange(1.0, 1.0 + len(ops)).expand_as(w) for w in lat_w]
+        total = sum((w * c).sum() for w, c in zip(lat_w, costs))
+        total.backward()
+        for a, w in zip(net.alphas, lat_w):
+            assert torch.all(w[:, dropped] == 0), cap
+            assert torch.allclose(w.sum(dim=-1), torch.ones(w.shape[0], dtype=w.dtype))
+            assert torch.all(a.grad[:, dropped] == 0) and a.grad.abs().sum() > 0
+            if cap is None:
+                assert torch.all(a.grad[:, skip] != 0)
     mixture = Relaxation(SearchConfig(relaxation=relaxation), ops, 0)
     _, mix_w = mixture.step_weights(net, 0, 0, 1, arch=True)
     assert all(bool((w[:, none] > 0).all()) for w in mix_w)

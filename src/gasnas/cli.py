@@ -24,14 +24,6 @@ COMMAND_MODULES = [
 ]
 
 
-def add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    """The options every config-driven command shares."""
-    p.add_argument("--config", "-c", required=required, default=None,
-                   help="recipe name (demo, camvid, cityscapes) or path to a YAML file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set search.epochs=3 (repeatable)")
-
-
 def _config_show(args: argparse.Namespace) -> int:
     from gasnas.config import load_config
 

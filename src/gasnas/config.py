@@ -12,6 +12,7 @@ an unknown key names the closest valid one.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import types
@@ -140,9 +141,10 @@ class LatencyConfig:
     calibrate_samples: int = 16  # derived nets measured to calibrate a new table (0: raw table sum)
     # The op weights the search's E[Lat] is computed from. `mixture`: softmax(α') over every op
     # (plus the drawn path under gumbel). `derivable`: per edge the softmax over the ops a derived
-    # net can keep (`none` excluded, the rest renormalised): `none` costs 0 in the mixture but is
-    # never kept, so under `mixture` the latency pull drains weight into `none` while the derived
-    # net, which takes each edge's best real op, stays where it was (latency/estimator.py).
+    # net keeps on any edge (not `none`, and not `skip_connect` when search.max_skip_per_cell caps
+    # it), renormalised: `none` and skip cost 0 in the mixture, but derivation never keeps `none`
+    # and replaces capped skips by the edge's next op, so under `mixture` the latency pull drains
+    # weight into them while the derived net stays where it was (engine/relaxation.py).
     expectation: Literal["mixture", "derivable"] = "mixture"
 
 
@@ -330,7 +332,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     elif is_dataclass(tp):
         if isinstance(value, dict):
-            return _build(tp, value, key)
+            return build_dataclass(tp, value, key)
     else:  # pragma: no cover - schema uses only the types above
         raise TypeError(f"unsupported config type {tp}")
     raise GasnasError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
@@ -341,7 +343,10 @@ def _closest(name: str, options: list[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else f" (valid: {', '.join(options)})"
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """A config dataclass from a plain dict, every key checked against the schema (unknown keys
+    get a "did you mean"; `prefix` names the section in errors). Genotype files use it for
+    their space section."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     kwargs = {}
@@ -435,7 +440,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    return _build(Config, data)
+    return build_dataclass(Config, data)
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -522,8 +527,13 @@ def search_data_config(cfg: Config) -> DataConfig:
                                eval_size=cfg.search.eval_size or cfg.data.eval_size)
 
 
-def parse_size(text: str, name: str = "--input") -> list[int]:
-    """`360x480` → [360, 480] (height x width); anything else is a one-line error naming `name`."""
+def parse_size(text: str | list[int] | tuple[int, int], name: str = "--input") -> list[int]:
+    """`360x480` (or [360, 480] from a config) → [360, 480] (height x width); anything else is
+    a one-line error naming `name`."""
+    if isinstance(text, (list, tuple)):
+        if len(text) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in text):
+            return [int(text[0]), int(text[1])]
+        raise GasnasError(f"{name} {list(text)!r}: expected [H, W] with positive integers")
     parts = str(text).lower().replace("×", "x").split("x")
     try:
         h, w = (int(p) for p in parts)
@@ -552,3 +562,12 @@ def search_schedule(cfg: Config, n_train: int) -> dict[str, int]:
     steps = _search_steps_per_epoch(n_train, sc.batch_size, sc.max_steps_per_epoch)
     epochs = max(0, sc.epochs - sc.warmup_epochs)
     return {"steps_per_epoch": steps, "search_epochs": epochs, "arch_steps": steps * epochs}
+
+
+def add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """The options every config-driven command shares (`--config`, `--set`); here, with the
+    schema, so that command modules need not import the CLI."""
+    p.add_argument("--config", "-c", required=required, default=None,
+                   help="recipe name (demo, camvid, cityscapes) or path to a YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set search.epochs=3 (repeatable)")

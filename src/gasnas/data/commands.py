@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from gasnas.cli import add_config_args
+from gasnas.config import add_config_args
 from gasnas.errors import GasnasError
 
 FORMAT_CHOICES = ["camvid", "cityscapes", "folder", "synthetic"]

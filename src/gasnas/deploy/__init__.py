@@ -25,7 +25,6 @@ _API = {
     "build_peer": "gasnas.deploy.models",
     "complexity": "gasnas.deploy.models",
     "load_network": "gasnas.deploy.models",
-    "parse_size": "gasnas.deploy.models",
 }
 
 __all__ = sorted(_API)

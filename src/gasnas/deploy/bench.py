@@ -14,9 +14,7 @@ from __future__ import annotations
 import copy
 import re
 import statistics
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from gasnas.errors import GasnasError
+from gasnas.latency.measure import quiet_export
 from gasnas.latency.timing import (
     BACKENDS,
     DTYPES,
@@ -59,14 +58,6 @@ class BenchResult:
     status: str = "ok"  # ok | unavailable | failed
     reason: str = ""
     samples: list[float] = field(default_factory=list)
-
-
-@contextmanager
-def quiet_export() -> Iterator[None]:
-    """The TorchScript ONNX exporter warns about every traced shape; keep the output readable."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def timing_from_samples(samples: list[float]) -> Timing:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gasnas.cli import add_config_args
+from gasnas.config import add_config_args
 from gasnas.errors import GasnasError
 
 
@@ -23,7 +23,7 @@ def _split(values: list[str] | None) -> list[str]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from gasnas.config import load_config
+    from gasnas.config import load_config, parse_size
     from gasnas.deploy.bench import (
         BenchModel,
         check_options,
@@ -31,7 +31,7 @@ def _bench(args: argparse.Namespace) -> int:
         run_bench,
         summary_lines,
     )
-    from gasnas.deploy.models import PEERS, build_peer, complexity, load_network, parse_size
+    from gasnas.deploy.models import PEERS, build_peer, complexity, load_network
     from gasnas.fileio import write_json_atomic as write_json
     from gasnas.fileio import write_text_atomic as write_text
 
@@ -75,8 +75,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from gasnas.config import parse_size
     from gasnas.deploy.export import ParityError, export_onnx
-    from gasnas.deploy.models import load_network, parse_size
+    from gasnas.deploy.models import load_network
     from gasnas.deploy.predict import collect_images
 
     out = Path(args.onnx)

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from gasnas.config import parse_size as config_parse_size
 from gasnas.data.transforms import MEAN as IMAGENET_MEAN  # noqa: F401 - used by export/predict
 from gasnas.data.transforms import STD as IMAGENET_STD  # noqa: F401
 from gasnas.errors import GasnasError
@@ -25,16 +24,6 @@ from gasnas.errors import GasnasError
 # no mean/std of its own.
 
 PEERS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50")
-
-
-def parse_size(text: str | list[int] | tuple[int, int], arg: str = "--input") -> tuple[int, int]:
-    """'1024x2048' (or [1024, 2048]) → (1024, 2048); anything else is a GasnasError naming `arg`."""
-    if isinstance(text, (list, tuple)):
-        if len(text) == 2 and all(isinstance(v, int) and v > 0 for v in text):
-            return int(text[0]), int(text[1])
-        raise GasnasError(f"{arg} {list(text)!r}: expected [H, W] with positive integers")
-    h, w = config_parse_size(str(text), arg)
-    return h, w
 
 
 def load_network(genotype: str | Path | None = None, checkpoint: str | Path | None = None,

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gasnas.cli import add_config_args
+from gasnas.config import add_config_args
 
 
 def _config(args: argparse.Namespace, resume_config: Path | None):

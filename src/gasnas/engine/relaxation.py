@@ -16,8 +16,10 @@ Both the weight step and the architecture step get their weights here, and so do
 term (`latency.expectation`): under `mixture`, softmax(α') for `softmax` and for `gumbel` the mean
 of softmax(α') and the drawn one-hot path (the expectation plus the LUT latency of the ops that
 actually ran); under `derivable`, for both relaxations, each edge's softmax over the ops that
-derivation can keep (free ops masked out, the rest renormalised), so no latency gradient reaches
-`none` and E[Lat] is the expected latency of what derivation can produce.
+derivation keeps on any edge (renormalised): not the free `none`, and not `skip_connect` when
+`search.max_skip_per_cell` caps it (derivation keeps at most that many skips per cell and gives
+every other edge its best op other than skip, so that op is what the edge costs). No latency
+gradient then reaches an op derivation would replace, and E[Lat] prices the nets derivation makes.
 
 `search.skip_dropout` (P-DARTS): each edge's `skip_connect` weight is dropped (inverted-dropout
 scaled) with that probability per step, so the parameter-free path cannot win by being trained
@@ -57,7 +59,8 @@ class Relaxation:
         self.mode = search_cfg.relaxation
         self.expectation = expectation
         self.skip = ops.index(SKIP_OP) if SKIP_OP in ops else None
-        self.free = torch.tensor([OPS[o].free for o in ops])
+        capped = search_cfg.max_skip_per_cell is not None
+        self.free = torch.tensor([OPS[o].free or (capped and o == SKIP_OP) for o in ops])
         self.any_free = bool(self.free.any())
         self.generator = torch.Generator().manual_seed(mix_seed(seed, SAMPLER_STREAM))
 
@@ -87,7 +90,7 @@ class Relaxation:
         return net, latency
 
     def derivable(self, alpha: torch.Tensor) -> torch.Tensor:
-        """Each edge's softmax over the ops derivation can keep (free ops weigh exactly 0)."""
+        """Each edge's softmax over the ops derivation keeps on any edge (the others weigh 0)."""
         if not self.any_free:
             return torch.softmax(alpha, dim=-1)
         return torch.softmax(alpha.masked_fill(self.free.to(alpha.device), float("-inf")), dim=-1)

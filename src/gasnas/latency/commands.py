@@ -10,7 +10,7 @@ from gasnas.errors import GasnasError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from gasnas.cli import add_config_args
+    from gasnas.config import add_config_args
 
     add_config_args(p)
     p.add_argument("--space", dest="config", default=argparse.SUPPRESS, metavar="CONFIG",

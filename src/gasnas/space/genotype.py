@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from gasnas import __version__
-from gasnas.config import SpaceConfig, _build
+from gasnas.config import SpaceConfig, build_dataclass
 from gasnas.errors import GasnasError
 from gasnas.fileio import read_json, write_json_atomic
 from gasnas.space.cell import edge_index
@@ -84,7 +84,7 @@ def _parse(data: Any, source: str) -> Genotype:
         if key not in data:
             raise bad(key, "missing")
     try:
-        space = _build(SpaceConfig, data["space"], "space")
+        space = build_dataclass(SpaceConfig, data["space"], "space")
     except GasnasError as exc:
         raise GasnasError(f"{source}: {exc}") from None
     num_classes = data["num_classes"]
