@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-quiet", type=float, default=15.0, metavar="SECONDS",
                    help="wait up to this long per timing for other processes to go quiet (0: never)")
     p.add_argument("--separate", action="store_true",
-                   help="calibrate in its own session before validating (the `latency build` path)")
+                   help="calibrate in a separate step before validating (the `latency build` path)")
     p.add_argument("--lut", default=None, help="reuse this table instead of building one")
     p.add_argument("--out", default="runs/latency_predictor")
     args = p.parse_args(argv)

@@ -1,15 +1,15 @@
 """Time a derived net in a fresh Python process, against a reference net timed beside it.
 
 Why a fresh process: after epochs of supernet training a search process's heap and thread
-pools are in a state no deployed net sees. Why a reference: this 2-core VM runs in phases. For
-seconds to minutes everything is ~1.4x slower (two nets: 13.5 / 16.3 ms in one process, 18.5 /
-22.2 ms in the next, with no other process running and no steal time), so one net's
-latency, measured once, says as much about the phase as about the net. The ratio of two nets
-timed in alternating rounds does not depend on the phase (0.83 in both processes above). So
-the child times the candidate and the reference in turn, `rounds` times, each turn at least
-MIN_TURN_MS long, and returns both per-round medians. The caller turns the ratio into
-milliseconds with the reference's calmest median seen so far (other processes and slow phases
-only ever add time): `calm_ms(ratio, reference)`.
+pools are in a state no deployed net sees. Why a reference: a CPU, a shared virtual one
+especially, can run in phases. For seconds to minutes everything is ~1.4x slower (two nets:
+13.5 / 16.3 ms in one process, 18.5 / 22.2 ms in the next, with no other process running and
+no steal time), so one net's latency, measured once, says as much about the phase as about
+the net. The ratio of two nets timed in alternating rounds does not depend on the phase (0.83
+in both processes above). So the child times the candidate and the reference in turn,
+`rounds` times, each turn at least MIN_TURN_MS long, and returns both per-round medians. The
+caller turns the ratio into milliseconds with the reference's calmest median seen so far (other
+processes and slow phases only ever add time): `calm_ms(ratio, reference)`.
 
     python -m gasnas.latency.isolated REQUEST.json   # prints {"medians_ms": [...], ...} on stdout
 """
