@@ -201,6 +201,10 @@ class SearchConfig:
     balance_latency: bool = True    # latency gradient per stage scaled by that stage's CE gradient (mean 1)
     skip_dropout: float = 0.0       # P-DARTS: each edge's skip_connect dropped with this probability per step
     max_skip_per_cell: int | None = 2  # P-DARTS: derivation keeps at most this many skip edges per cell
+    # Mixed precision of the weight and architecture steps' forward + loss and of the supernet's
+    # evaluation (engine/amp.py): none = fp32; bf16 / fp16 = torch.autocast (fp16 with a
+    # GradScaler per optimizer). α, the GGM, the latency term and every optimizer stay fp32.
+    amp: Literal["none", "bf16", "fp16"] = "none"
 
 
 @dataclass
@@ -236,6 +240,9 @@ class TrainConfig:
     eval_every: int = 5
     max_steps_per_epoch: int | None = None
     pretrained: str | None = None
+    # Mixed precision of the training step's forward + loss and of evaluation (engine/amp.py):
+    # none = fp32; bf16 / fp16 = torch.autocast (fp16 with a GradScaler). Weights stay fp32.
+    amp: Literal["none", "bf16", "fp16"] = "none"
 
 
 @dataclass
@@ -261,6 +268,11 @@ class Config:
     device: str = "cpu"
     threads: int | None = None  # torch intra-op threads for search/train/eval (None: torch's default)
     deterministic: bool = False
+    # TF32 for fp32 matmuls and cuDNN convs on CUDA (torch.backends.cuda.matmul.allow_tf32 and
+    # torch.backends.cudnn.allow_tf32, both set at start-up). Off by default: fp32 means fp32,
+    # and the fused mixed op's torch.mm and the plain path's cuDNN convs round alike (torch's
+    # own defaults differ: matmul off, cuDNN on). No effect on CPU.
+    tf32: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)

@@ -11,7 +11,9 @@ come from the search's one λ / budget policy (latency/budget.py `LatencyBudget`
 `latency_loss` applies in the `latency.loss` mode (linear λ·E, log, or target hinge). Only α and the GGM move:
 the optimizer holds nothing else and the network weights are frozen for this step (their
 gradients are not even computed). Adam(lr search.a_lr, betas search.a_betas, wd
-search.a_weight_decay). With several processes the α/GGM gradients are averaged.
+search.a_weight_decay). With several processes the α/GGM gradients are averaged. Under
+`search.amp` only the supernet's forward and the cross-entropy are autocast: α' (the GGM), the
+latency term and the Adam step stay fp32 (engine/amp.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from gasnas.engine import distributed as D
+from gasnas.engine.amp import Precision
 from gasnas.engine.relaxation import Relaxation, net_weight_tensors
 from gasnas.latency.budget import LatencyBudget
 
@@ -48,10 +51,12 @@ class Architect:
     (a decay would pull θ, φ, W back to zero faster than their small gradients move them)."""
 
     def __init__(self, supernet: Any, criterion: nn.Module, search_cfg: Any, budget: LatencyBudget,
-                 relaxation: Relaxation, info: D.DistInfo | None = None) -> None:
+                 relaxation: Relaxation, info: D.DistInfo | None = None,
+                 precision: Precision | None = None) -> None:
         self.supernet, self.criterion, self.search_cfg = supernet, criterion, search_cfg
         self.budget, self.relaxation = budget, relaxation
         self.info = info or D.DistInfo()
+        self.amp = precision or Precision("none", "cpu")
         self.params = list(supernet.arch_parameters())
         groups = [{"params": list(supernet.alphas), "weight_decay": search_cfg.a_weight_decay}]
         if supernet.ggm_parameters():
@@ -67,8 +72,8 @@ class Architect:
         for k, t in enumerate(net_weight_tensors(net_w)):
             if t.requires_grad:
                 t.register_hook(lambda g, k=k: ce_grads.__setitem__(k, g.detach()))
-        with self.supernet.using(net_w):
-            ce = self.criterion(self.supernet(images), labels, self.info)
+        with self.supernet.using(net_w), self.amp.autocast():
+            ce = self.criterion(self.supernet(images), labels, self.info).float()
         lat, expected_ms = self.budget.loss(lat_w, epoch, step, steps_per_epoch)
         return {"loss": ce + lat, "ce": ce, "lat_loss": lat, "expected_ms": expected_ms, "ce_grads": ce_grads}
 
@@ -91,14 +96,17 @@ class Architect:
         self.optimizer.zero_grad(set_to_none=True)
         with frozen(weights):
             parts = self.loss(images, labels, epoch, step, steps_per_epoch)
-            parts["loss"].backward()
+            self.amp.backward(parts["loss"])
         values = D.global_mean(torch.stack([parts[k].detach().float().reshape(())
                                             for k in ("loss", "ce", "lat_loss")]), self.info)
         finite = bool(torch.isfinite(values).all())
         if finite:
             D.average_gradients(self.params, self.info)
-            self.optimizer.step()
-            self.budget.record_ce_gradients(parts["ce_grads"])
+            scale = self.amp.scale  # the CE gradients the hooks saw carry it (fp16)
+            if self.amp.step(self.optimizer):  # fp16: False when a gradient overflowed
+                grads = parts["ce_grads"] if scale == 1.0 else [
+                    None if g is None else g / scale for g in parts["ce_grads"]]
+                self.budget.record_ce_gradients(grads)
         else:
             self.optimizer.zero_grad(set_to_none=True)
         loss, ce, lat = values.tolist()

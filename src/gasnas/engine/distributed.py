@@ -22,16 +22,19 @@ architecture step) are summed across processes with one flat `all_reduce` and di
 DDP's reducer assumes one parameter set per backward and would complain about the parameter
 group that a given step leaves unused. The losses are normalised by the GLOBAL number of
 labelled pixels, so the averaged gradient is exactly the one-process gradient. BatchNorm
-statistics are computed over the global batch (`GlobalBatchNorm2d`, which also works on CPU
-with gloo, unlike `nn.SyncBatchNorm`). Rank 0 alone writes files, logs and progress bars.
-Backend: nccl on CUDA, gloo on CPU.
+statistics are computed over the global batch (`convert_batchnorm`): on nccl with
+`nn.SyncBatchNorm` (CUDA kernels that reduce the statistics in one collective per layer), on
+gloo with `GlobalBatchNorm2d` (works on CPU, unlike `nn.SyncBatchNorm`); both give the gradient
+of the global-batch BatchNorm and keep BatchNorm2d's parameters and state_dict. Rank 0 alone
+writes files, logs and progress bars. Backend: nccl on CUDA, gloo on CPU; each process runs on
+`rank_device` (cuda:LOCAL_RANK on CUDA).
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +64,25 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def env_local_rank() -> int | None:
+    """LOCAL_RANK as torchrun sets it (this process's index on its machine), or None."""
+    value = os.environ.get("LOCAL_RANK")
+    return int(value) if value not in (None, "") else None
+
+
+def rank_device(device_type: str) -> torch.device:
+    """This process's device: cuda:LOCAL_RANK when CUDA is asked for and present (cuda:0 without
+    LOCAL_RANK), so each rank of a torchrun job runs on its own local GPU; cpu otherwise."""
+    if device_type == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", env_local_rank() or 0)
+    return torch.device("cpu")
+
+
+def backend_for(device_type: str) -> str:
+    """The process-group backend for a device type: nccl on CUDA, gloo on CPU."""
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
 def init_distributed(device_type: str = "cpu", timeout_minutes: float = 120.0) -> DistInfo:
     """Join the process group torchrun describes in the environment (no-op for one process).
 
@@ -71,10 +93,10 @@ def init_distributed(device_type: str = "cpu", timeout_minutes: float = 120.0) -
     world = env_world_size()
     if world <= 1:
         return DistInfo()
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = backend_for(device_type)
+    local_rank = env_local_rank() or 0
     if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(rank_device(device_type))
     tdist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     return DistInfo(tdist.get_rank(), tdist.get_world_size(), local_rank)
 
@@ -213,6 +235,24 @@ def sync_batchnorm(module: nn.Module) -> nn.Module:
         if type(m) is nn.BatchNorm2d:
             m.__class__ = GlobalBatchNorm2d
     return module
+
+
+def batchnorm_converter(backend: str) -> Callable[[nn.Module], nn.Module]:
+    """How BatchNorm gets global statistics on `backend`: nn.SyncBatchNorm on nccl (its CUDA
+    kernels; GlobalBatchNorm2d's two differentiable all-reduces per layer are latency-bound
+    there), GlobalBatchNorm2d elsewhere (gloo: nn.SyncBatchNorm does not run on CPU)."""
+    if backend == "nccl":
+        return nn.SyncBatchNorm.convert_sync_batchnorm
+    return sync_batchnorm
+
+
+def convert_batchnorm(module: nn.Module, backend: str | None = None) -> nn.Module:
+    """`module` with global-batch BatchNorm for `backend` (default: the initialised group's).
+    Use the returned module (SyncBatchNorm conversion replaces a top-level BatchNorm); the
+    parameter objects are kept, so optimizers may be built before or after."""
+    if backend is None:
+        backend = str(tdist.get_backend()) if tdist.is_available() and tdist.is_initialized() else "gloo"
+    return batchnorm_converter(backend)(module)
 
 
 def unsync_batchnorm(module: nn.Module) -> nn.Module:

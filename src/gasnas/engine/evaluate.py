@@ -57,7 +57,7 @@ def evaluate(model: nn.Module, loader: DataLoader | Any, num_classes: int, ignor
              flip: bool = False, scales: Sequence[float] = (1.0,), *,
              info: D.DistInfo | None = None, class_names: list[str] | None = None,
              on_prediction: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
-             show_progress: bool = False) -> dict[str, Any]:
+             show_progress: bool = False, amp: str = "none") -> dict[str, Any]:
     """Dataset-level metrics of `model` over `loader` (batches of (image [N,3,H,W], label [N,H,W])).
 
     Returns {"miou", "pixel_acc", "mean_acc", "iou" (per class, NaN = absent), "class_names",
@@ -67,8 +67,10 @@ def evaluate(model: nn.Module, loader: DataLoader | Any, num_classes: int, ignor
     the mean (official Cityscapes convention). With `info` (several processes) each process
     passes its own shard and the matrices are summed. `on_prediction(i, image, label, pred)` is
     called for every sample in loader order (i counts from 0). The model's train/eval mode is
-    restored afterwards.
+    restored afterwards. `amp` (`none`, `bf16`, `fp16`; train.amp / search.amp): the forward
+    passes under autocast; the class scores are compared in whatever dtype they come out.
     """
+    from gasnas.engine.amp import autocast
     from gasnas.engine.runtime import progress
 
     was_training = model.training
@@ -79,7 +81,8 @@ def evaluate(model: nn.Module, loader: DataLoader | Any, num_classes: int, ignor
     try:
         for images, labels in progress(loader, show_progress, desc="eval"):
             images, labels = images.to(device), labels.to(device)
-            pred = predict(model, images, flip, scales).argmax(1)
+            with autocast(amp, device.type):
+                pred = predict(model, images, flip, scales).argmax(1)
             cm += confusion_matrix(pred, labels, num_classes, ignore_index)
             if on_prediction is not None:
                 for j in range(images.shape[0]):
@@ -156,8 +159,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
     from gasnas.data import build_dataset, colorize
     from gasnas.data import palette as data_palette
     from gasnas.deploy.models import load_trained
+    from gasnas.engine.amp import check_amp
     from gasnas.engine.metrics import format_table, nan_to_none
-    from gasnas.engine.runtime import configure_determinism, resolve_device
+    from gasnas.engine.runtime import configure_determinism, configure_tf32, resolve_device
     from gasnas.engine.sampling import eval_loader
     from gasnas.errors import GasnasError
     from gasnas.fileio import write_json_atomic
@@ -167,7 +171,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if hasattr(model, "set_input_padding"):  # weightless: the config (or --set) decides
         model.set_input_padding(cfg.space.pad_to_stride)
     configure_determinism(cfg.deterministic)
+    configure_tf32(cfg.tf32)
     device = resolve_device(cfg.device)
+    check_amp(cfg.train.amp, device, "train.amp")
     split = args.split or cfg.data.val_split
     dataset = build_dataset(cfg.data, split, train=False)
     names = list(meta.get("class_names") or getattr(dataset, "class_names", []) or [])
@@ -199,7 +205,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     loader = eval_loader(dataset, workers=cfg.data.workers, batch_size=args.batch_size)
     result = evaluate(model, loader, model.num_classes, cfg.data.ignore_index, flip=args.flip,
                       scales=scales, class_names=names or None, on_prediction=saver,
-                      show_progress=True)
+                      show_progress=True, amp=cfg.train.amp)
     print(f"{args.checkpoint} on {cfg.data.format}:{cfg.data.root} split '{split}' "
           f"({len(dataset)} images, flip={args.flip}, scales={scales})")
     print(format_table(result))

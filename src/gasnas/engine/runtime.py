@@ -34,16 +34,19 @@ class Runtime:
         return self.dist.main
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     """`cpu`, `cuda`, `cuda:N` (or `auto`: cuda when available). Asking for an absent CUDA is
-    a one-line error."""
+    a one-line error. A bare `cuda` is cuda:`local_rank`, or without it this process's GPU per
+    LOCAL_RANK (distributed.rank_device: one GPU per torchrun rank)."""
     name = (name or "cpu").strip()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise GasnasError(f"device '{name}' requested but CUDA is not available (use --set device=cpu)")
-        return torch.device(name if ":" in name else f"cuda:{local_rank}")
+        if ":" in name:
+            return torch.device(name)
+        return torch.device("cuda", local_rank) if local_rank is not None else D.rank_device("cuda")
     if name == "cpu":
         return torch.device("cpu")
     raise GasnasError(f"config key 'device': unknown device {name!r} (cpu, cuda, cuda:N, auto)")
@@ -67,8 +70,17 @@ def configure_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def configure_tf32(enabled: bool) -> None:
+    """The TF32 policy (config key `tf32`): TF32 for fp32 matmuls and cuDNN convs on CUDA, or
+    neither. Set both explicitly: torch's defaults differ (matmul off, cuDNN on), so the fused
+    mixed op's matmuls and the plain path's convs would otherwise round differently."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
 def setup(cfg: Any) -> Runtime:
-    """Join the torchrun group (if any), pick the device, seed every RNG, set determinism."""
+    """Join the torchrun group (if any), pick the device, seed every RNG, set determinism and
+    the TF32 policy."""
     wanted = (cfg.device or "cpu").split(":")[0]
     if wanted == "auto":
         wanted = "cuda" if torch.cuda.is_available() else "cpu"
@@ -77,9 +89,10 @@ def setup(cfg: Any) -> Runtime:
     info = D.init_distributed(wanted)
     if getattr(cfg, "threads", None):
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device, info.local_rank)
+    device = resolve_device(cfg.device, info.local_rank if info.enabled else None)
     seed_everything(cfg.seed)
     configure_determinism(cfg.deterministic)
+    configure_tf32(bool(getattr(cfg, "tf32", False)))
     return Runtime(device, info)
 
 

@@ -38,6 +38,7 @@ from torch import nn
 from gasnas.config import Config
 from gasnas.engine import checkpoint as ckpt_io
 from gasnas.engine import distributed as D
+from gasnas.engine.amp import Precision
 from gasnas.engine.architect import Architect, frozen
 from gasnas.engine.evaluate import evaluate
 from gasnas.engine.losses import build_criterion
@@ -68,23 +69,28 @@ def cosine_lr(epoch: int, epochs: int, lr_max: float, lr_min: float) -> float:
 
 def weight_step(supernet: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                 images: torch.Tensor, labels: torch.Tensor, grad_clip: float,
-                info: D.DistInfo, weights: list[Any] | None = None) -> dict[str, Any]:
+                info: D.DistInfo, weights: list[Any] | None = None,
+                precision: Precision | None = None) -> dict[str, Any]:
     """One SGD step of the supernet weights on a weight-split batch; α and the GGM are frozen
     (no gradient is computed for them). `weights`: the step's cell weights (engine/relaxation.py;
     None: softmax(α')). A non-finite loss skips the update. The weight gradients are freed
-    afterwards, so that the architecture step does not hold them."""
+    afterwards, so that the architecture step does not hold them. `precision` (search.amp):
+    forward + loss under autocast; fp16 scales the loss and unscales before clipping."""
     params = supernet.weight_parameters()
+    amp = precision or Precision("none", images.device)
     optimizer.zero_grad(set_to_none=True)
     with frozen(supernet.arch_parameters()), supernet.using(weights):
-        loss = criterion(supernet(images), labels, info)
-        loss.backward()
+        with amp.autocast():
+            loss = criterion(supernet(images), labels, info)
+        amp.backward(loss)
     value = float(D.global_mean(loss.detach().float(), info))
     finite = math.isfinite(value)
     if finite:
         D.average_gradients(params, info)
+        amp.unscale_(optimizer)
         if grad_clip and grad_clip > 0:
             nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
+        amp.step(optimizer)
     optimizer.zero_grad(set_to_none=True)
     return {"loss": value, "finite": finite}
 
@@ -268,18 +274,22 @@ class SearchRun:
             for m in self.supernet.modules():
                 if hasattr(m, "fused"):
                     m.fused = False
-            D.sync_batchnorm(self.supernet)
+            self.supernet = D.convert_batchnorm(self.supernet)  # SyncBatchNorm on nccl
             D.broadcast_module(self.supernet, self.info)
         # Search loss: cross-entropy; OHEM (train.ohem_thresh / ohem_min_kept) if `search.ohem`.
         self.criterion = build_criterion(cfg.data.ignore_index, bool(getattr(sc, "ohem", False)),
                                          cfg.train.ohem_thresh, cfg.train.ohem_min_kept)
         self.w_optimizer = torch.optim.SGD(self.supernet.weight_parameters(), lr=sc.w_lr,
                                            momentum=sc.w_momentum, weight_decay=sc.w_weight_decay)
+        # search.amp: one autocast/GradScaler per optimizer (engine/amp.py)
+        self.w_amp = Precision(sc.amp, self.device, "search.amp")
+        self.a_amp = Precision(sc.amp, self.device, "search.amp")
         # λ and the budget: one policy object (latency/budget.py); the step's cell weights:
         # softmax mixture or sampled path (engine/relaxation.py)
         self.budget = LatencyBudget(cfg.latency, sc, self.estimator)
         self.relaxation = Relaxation(sc, list(cfg.space.ops), cfg.seed, cfg.latency.expectation)
-        self.architect = Architect(self.supernet, self.criterion, sc, self.budget, self.relaxation, self.info)
+        self.architect = Architect(self.supernet, self.criterion, sc, self.budget, self.relaxation, self.info,
+                                   self.a_amp)
 
         # ---- position
         lc = cfg.latency
@@ -334,6 +344,8 @@ class SearchRun:
             "supernet": self.supernet.state_dict(),
             "w_optimizer": self.w_optimizer.state_dict(),
             "a_optimizer": self.architect.state_dict(),
+            "w_scaler": self.w_amp.state_dict(),
+            "a_scaler": self.a_amp.state_dict(),
             "budget": self.budget.state_dict(),
             "relaxation": self.relaxation.state_dict(),
             "previous_edges": self.previous_edges,
@@ -363,6 +375,8 @@ class SearchRun:
         self.supernet.load_state_dict(ck["supernet"])
         self.w_optimizer.load_state_dict(ck["w_optimizer"])
         self.architect.load_state_dict(ck["a_optimizer"])
+        self.w_amp.load_state_dict(ck.get("w_scaler"))
+        self.a_amp.load_state_dict(ck.get("a_scaler"))
         self.budget.load_state_dict(ck.get("budget", {}))
         self.relaxation.load_state_dict(ck.get("relaxation", {}))
         self.previous_edges = ck.get("previous_edges")
@@ -407,7 +421,8 @@ class SearchRun:
             xw, yw = xw.to(self.device, non_blocking=True), yw.to(self.device, non_blocking=True)
             with torch.no_grad():
                 net_w, _ = self.relaxation.step_weights(self.supernet, e, self.step, self.steps_per_epoch)
-            w = weight_step(self.supernet, self.w_optimizer, self.criterion, xw, yw, sc.grad_clip, self.info, net_w)
+            w = weight_step(self.supernet, self.w_optimizer, self.criterion, xw, yw, sc.grad_clip, self.info, net_w,
+                            self.w_amp)
             check_finite(w["loss"], "weight loss", e, self.step, self.ckpt_path)
             self.accum["w_loss"] += w["loss"]
             self.accum["w_n"] += 1
@@ -465,7 +480,7 @@ class SearchRun:
         genotype.provenance["measured_latency_ms"] = measured
         with self.supernet.using(self.relaxation.eval_weights(self.supernet)):
             result = evaluate(self.supernet, self.val_loader, self.num_classes, cfg.data.ignore_index,
-                              info=self.info, class_names=self.class_names)
+                              info=self.info, class_names=self.class_names, amp=cfg.search.amp)
         lam_used, scale_used = self.budget.lam, self.budget.budget_scale
         self.budget.end_epoch(genotype.predicted_latency_ms, measured)
         changed = changed_fraction(self.previous_edges, genotype)

@@ -37,6 +37,7 @@ from torch import nn
 from gasnas.config import Config
 from gasnas.engine import checkpoint as ckpt_io
 from gasnas.engine import distributed as D
+from gasnas.engine.amp import Precision
 from gasnas.engine.evaluate import evaluate
 from gasnas.engine.losses import SoftDice, build_criterion, class_weights
 from gasnas.engine.metrics import nan_to_none
@@ -194,7 +195,7 @@ class TrainRun:
             log(f"pretrained: {copied}/{total} tensors from {tc.pretrained}", self.main)
         self.model.to(self.device)
         if self.info.enabled:
-            D.sync_batchnorm(self.model)
+            self.model = D.convert_batchnorm(self.model)  # SyncBatchNorm on nccl
             D.broadcast_module(self.model, self.info)
         self.ema = WeightEMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         self.aux = self.genotype is not None and bool(self.genotype.space.aux_heads)
@@ -211,6 +212,7 @@ class TrainRun:
                                          self.class_weights)
         self.dice = SoftDice(self.num_classes, cfg.data.ignore_index) if tc.dice_weight > 0 else None
         self.optimizer = make_optimizer(self.model, tc)
+        self.amp = Precision(tc.amp, self.device, "train.amp")  # autocast (+ GradScaler for fp16)
         self.meta_base = {
             "class_names": self.class_names, "palette": self.palette.tolist(),
             "mean": list(MEAN), "std": list(STD), "dataset": cfg.data.format,
@@ -245,7 +247,8 @@ class TrainRun:
         extra: dict[str, Any] = {"kind": "train" if resumable else "trained"}
         if resumable:
             extra.update(
-                optimizer=self.optimizer.state_dict(), epoch=self.epoch, step=self.step,
+                optimizer=self.optimizer.state_dict(), scaler=self.amp.state_dict(),
+                epoch=self.epoch, step=self.step,
                 global_step=self.global_step, steps_per_epoch=self.steps_per_epoch,
                 best_miou=self.best_miou if self.best_epoch is not None else None,
                 best_epoch=self.best_epoch, accum=dict(self.accum), rng=ckpt_io.rng_state())
@@ -271,6 +274,7 @@ class TrainRun:
             raise GasnasError(f"{self.last_path}: weights do not match the network "
                               f"({str(exc).splitlines()[0]})") from None
         self.optimizer.load_state_dict(ck["optimizer"])
+        self.amp.load_state_dict(ck.get("scaler"))
         if ck.get("best_miou") is not None:
             self.best_miou, self.best_epoch = float(ck["best_miou"]), ck.get("best_epoch")
         meta = ck.get("meta") or {}
@@ -377,12 +381,13 @@ class TrainRun:
             images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             labels = labels.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss(images, labels)
-            loss.backward()
+            with self.amp.autocast():
+                loss = self.loss(images, labels)
+            self.amp.backward(loss)
             value = float(D.global_mean(loss.detach().float(), self.info))
             check_finite(value, "training loss", e, self.step, self.last_path)
             D.average_gradients(params, self.info)
-            self.optimizer.step()
+            self.amp.step(self.optimizer)
             if self.ema is not None:
                 self.ema.update(self.global_step)
             self.accum["loss"] += value
@@ -409,7 +414,7 @@ class TrainRun:
         result = None
         if (e + 1) % every == 0 or e + 1 == tc.epochs:
             result = evaluate(self.eval_model, self.val_loader, self.num_classes, self.cfg.data.ignore_index,
-                              info=self.info, class_names=self.class_names)
+                              info=self.info, class_names=self.class_names, amp=tc.amp)
             self.last_eval = {"miou": result["miou"], "pixel_acc": result["pixel_acc"],
                               "iou": nan_to_none(result["iou"]), "eval_epoch": e + 1}
             improved = self.best_epoch is None or result["miou"] > self.best_miou

@@ -19,6 +19,7 @@ from gasnas.space.fused import (
     factorized_fusable,
     factorized_reduce,
     fusable,
+    fused_allowed,
     mixed_op,
     pointwise_bn_relu,
     pointwise_fusable,
@@ -87,8 +88,12 @@ class MixedOp(nn.Module):
     through plain autograd. Same function, same parameters, same BatchNorm running-statistics
     updates as the plain loop (`fused=False`, kept as the reference; tests/test_space.py and
     benchmarks/supernet_step.py check outputs and gradients agree). With BatchNorm modules
-    other than plain nn.BatchNorm2d (GlobalBatchNorm2d under several processes) the plain
-    loop runs.
+    other than plain nn.BatchNorm2d (GlobalBatchNorm2d under several processes), and under
+    autocast (search.amp; space/fused.py `fused_allowed`), the plain loop runs.
+
+    `nonnegative_weights`: the weights this op is given are >= 0 by construction (a search
+    cell's softmax mixtures), so the fused path folds them into BatchNorm without reading
+    their sign off the device; False (the default here) is right for weights of any sign.
     """
 
     def __init__(self, ops: list[str], c: int, stride: int, fused: bool = True) -> None:
@@ -99,6 +104,7 @@ class MixedOp(nn.Module):
         self.fused = fused
         self.stride = stride
         self.recompute = False  # fused path: recompute the separable pointwise outputs in backward
+        self.nonnegative_weights = False  # fused path: fold the op weights into BatchNorm
 
     def spec(self) -> tuple[MixedSpec, list[int]]:
         """The fused branches (as weight indices and modules) and the indices of the others
@@ -107,6 +113,7 @@ class MixedOp(nn.Module):
         if cached is None:
             cached = self.__dict__["_spec"] = self._build_spec()
         cached[0].recompute = self.recompute
+        cached[0].fold = self.nonnegative_weights
         return cached
 
     def _build_spec(self) -> tuple[MixedSpec, list[int]]:
@@ -140,13 +147,13 @@ class MixedOp(nn.Module):
                         term = (weights[i] - weights[i].detach()) * y
                         out = term if out is None else out + term
             return out
-        if self.fused:
+        if self.fused and fused_allowed(x):
             spec, rest = self.spec()
             if spec_ready(spec):
                 out = mixed_op(spec, x, weights)
                 for k in rest:
                     op, w = self.ops[k], weights[self.active[k]]
-                    out = out + (factorized_reduce(op, x, w) if factorized_fusable(op) else w * op(x))
+                    out = out + (factorized_reduce(op, x, w, spec.fold) if factorized_fusable(op) else w * op(x))
                 return out
         return _weighted_sum((weights[self.active[k]], op(x)) for k, op in enumerate(self.ops))
 
@@ -166,12 +173,14 @@ class SearchCell(CellBase):
         super().__init__(c_prev_prev, c_prev, c, nodes, reduction, reduction_prev)
         self.edges = edge_index(nodes)
         self.mixed = nn.ModuleList(MixedOp(ops, c, self.edge_stride(src), fused) for src, _ in self.edges)
+        for m in self.mixed:  # the cell's weights are softmax mixtures (Supernet.using)
+            m.nonnegative_weights = True
         self.fused = fused
         self.recompute = False  # fused path: recompute the 1x1 projections' conv outputs in backward
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor,
                 weights: torch.Tensor | PathSample | None = None) -> torch.Tensor:
-        if isinstance(weights, PathSample) or not (self.fused and self.recompute):
+        if isinstance(weights, PathSample) or not (self.fused and self.recompute and fused_allowed(s1)):
             return super().forward(s0, s1, weights)
         states = [_project(self.pre0, [s0]), _project(self.pre1, [s1])]
         for j in range(self.nodes):

@@ -16,6 +16,11 @@ in any other op. The same sums, computed another way:
 `space/fused.py` calls `dw_forward` / `dw_backward` inside the supernet's mixed op;
 `depthwise_conv3x3` wraps them in an autograd Function for `ops.SepConv` (the derived net and
 the head).
+
+Under autocast (search.amp / train.amp) `depthwise_conv3x3` bypasses the Function and runs the
+plain `F.conv2d`, which autocast casts like any other conv: the backward here mixes the saved
+input's and the gradient's dtypes, so it is fp32 code (space/fused.py says the same for the
+mixed op). `ops.SepConv` takes the plain conv there in the first place.
 """
 
 from __future__ import annotations
@@ -24,6 +29,13 @@ import torch
 import torch.nn.functional as F
 
 CL = torch.channels_last
+
+
+def autocast_active(x: torch.Tensor) -> bool:
+    """Whether autocast is on for x's device type (device types without autocast, e.g. meta,
+    never are); the fp32 Functions here and in space/fused.py step aside when it is."""
+    kind = x.device.type
+    return torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
 
 
 def _dw_plan(x: torch.Tensor, stride: int, dilation: int) -> tuple[torch.Tensor, bool, int, int, str]:
@@ -143,5 +155,7 @@ class _DepthwiseConv3x3(torch.autograd.Function):
 
 def depthwise_conv3x3(x: torch.Tensor, w: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
     """`F.conv2d(x, w, None, stride, dilation, dilation, groups=C)` for a [C, 1, 3, 3] kernel,
-    with the backward above. Output in channels-last layout."""
+    with the backward above. Output in channels-last layout. Under autocast: the plain conv."""
+    if autocast_active(x):
+        return F.conv2d(x, w, None, stride, dilation, dilation, x.shape[1]).contiguous(memory_format=CL)
     return _DepthwiseConv3x3.apply(x, w, stride, dilation)

@@ -13,10 +13,14 @@ gradients are the same up to floating-point rounding. What it does differently:
   convs). Per edge that is 5 stored feature maps (conv_3x3: 1, separable branches: 4) instead
   of ~17 for the plain autograd graph (each separable branch keeps its depthwise output,
   its pointwise output and its ReLU output; max-pool keeps int64 indices).
-* **Folds the op weight into BatchNorm.** w·ReLU(γx̂ + β) = ReLU(wγ·x̂ + wβ) for w > 0 (softmax
-  weights always are; otherwise the product is taken after the ReLU), so the weighted sum
-  costs no extra pass and the op weight's gradient comes out of BatchNorm's own γ/β gradient
-  reductions: ∂/∂w = Σ_c (γ_c ∂/∂γ'_c + β_c ∂/∂β'_c).
+* **Folds the op weight into BatchNorm.** w·ReLU(γx̂ + β) = ReLU(wγ·x̂ + wβ) for w > 0, so the
+  weighted sum costs no extra pass and the op weight's gradient comes out of BatchNorm's own γ/β
+  gradient reductions: ∂/∂w = Σ_c (γ_c ∂/∂γ'_c + β_c ∂/∂β'_c). Whether to fold is Python-side
+  state, never read off the weights (`MixedSpec.fold`, from `MixedOp.nonnegative_weights`): a
+  search cell's weights are softmax mixtures, ≥ 0 by construction, and fold; weights of any sign
+  take the product after the ReLU. Looking at the weights' sign would cost a host sync per
+  branch per edge on a GPU. A folded weight is clamped to the smallest positive normal number,
+  so a softmax weight that underflowed to 0 still gets its gradient.
 * **Separable branches together.** All separable branches' pointwise outputs go into one
   [N·H·W, branches·C] buffer (one matmul per branch, channels-last rows), normalised by one
   BatchNorm call over all branches' channels (BatchNorm is per channel, so this is each
@@ -31,6 +35,13 @@ gradients are the same up to floating-point rounding. What it does differently:
 Everything runs in channels-last memory layout. The fused path needs plain `nn.BatchNorm2d`
 modules (with affine parameters); with `GlobalBatchNorm2d` (several processes) `MixedOp` uses
 the plain loop, whose BatchNorm modules compute global statistics.
+
+**Under autocast the fused path is bypassed** (`fused_allowed`): the callers (space/cell.py)
+run the plain modules instead, which autocast casts op by op. The Functions here write fp32
+buffers with `out=` matmuls and mix their saved tensors' dtypes in backward, so they are fp32
+code; decorating them with `torch.amp.custom_fwd(cast_inputs=torch.float32)` would make them
+safe but run the supernet's bulk in fp32, giving up what mixed precision is for. The wrappers
+refuse to run under autocast rather than compute in a dtype they were not written for.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gasnas.space.depthwise import dw_backward, dw_forward
+from gasnas.space.depthwise import autocast_active, dw_backward, dw_forward
 from gasnas.space.ops import ConvBNReLU, FactorizedReduce, SepConv
 
 CL = torch.channels_last
@@ -57,6 +68,7 @@ class MixedSpec:
     convs: list[tuple[int, ConvBNReLU]] = field(default_factory=list)
     seps: list[tuple[int, SepConv]] = field(default_factory=list)
     recompute: bool = False  # recompute the separable branches' pointwise outputs in backward
+    fold: bool = False  # the op weights are >= 0 by construction: fold them into BatchNorm
 
     def finalize(self) -> MixedSpec:
         """Cache what forward/backward read (module lookups in Sequential are slow)."""
@@ -107,8 +119,21 @@ def spec_ready(spec: MixedSpec) -> bool:
                and b.eps == b0.eps for b in bns)
 
 
+def fused_allowed(x: torch.Tensor) -> bool:
+    """Whether the Functions here may run on `x`: not under autocast for x's device type (see the
+    module docstring); the caller then runs the plain modules."""
+    return not autocast_active(x)
+
+
+def _refuse_autocast(x: torch.Tensor, what: str) -> None:
+    if not fused_allowed(x):
+        raise RuntimeError(f"{what}: the fused path is fp32 code and does not run under autocast; "
+                           "check fused_allowed(x) and run the plain modules")
+
+
 def mixed_op(spec: MixedSpec, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Σ over the spec's branches of weights[i] · branch_i(x) (see the module docstring)."""
+    _refuse_autocast(x, "mixed_op")
     return _MixedOp.apply(spec, x, weights, *spec.params())
 
 
@@ -215,9 +240,10 @@ def _relu_grad(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.threshold_backward(grad, y, 0)
 
 
-def _fold(w: torch.Tensor) -> bool:
-    """Fold the op weights into BatchNorm's affine parameters (needs w > 0)."""
-    return bool((w > 0).all())
+def _folded(w: torch.Tensor) -> torch.Tensor:
+    """An op weight (>= 0) as folded into BatchNorm's affine parameters: clamped off 0 so that
+    ReLU(w·z) keeps z's sign pattern, the mask its gradient needs (no host sync: elementwise)."""
+    return w.clamp_min(torch.finfo(w.dtype).tiny)
 
 
 class _MixedOp(torch.autograd.Function):
@@ -235,8 +261,8 @@ class _MixedOp(torch.autograd.Function):
         for idx, bn_mod, (stride, padding, dilation) in zip(spec.conv_idx, spec.conv_bns, spec.conv_geom):
             wc, gamma, beta = params[k:k + 3]  # conv → BN → ReLU, weighted
             k += 3
-            w = weights[idx]
-            fold = _fold(w)
+            fold = spec.fold
+            w = _folded(weights[idx]) if fold else weights[idx]
             bn = _BN([bn_mod])
             h = F.conv2d(x, wc, None, stride, padding, dilation).contiguous(memory_format=CL)
             y, sa, sb = bn.forward(h, gamma * w if fold else gamma, beta * w if fold else beta)
@@ -253,8 +279,8 @@ class _MixedOp(torch.autograd.Function):
         if spec.seps:
             nb = len(spec.seps)
             idxs = spec.sep_idx
-            w = weights[idxs]
-            fold = _fold(w)
+            fold = spec.fold
+            w = _folded(weights[idxs]) if fold else weights[idxs]
             h, _ = _sep_pointwise(spec, x, params[k:], ho, wo, keep=False)
             gamma = torch.cat([params[k + 4 * j + 2] for j in range(nb)])
             beta = torch.cat([params[k + 4 * j + 3] for j in range(nb)])
@@ -316,7 +342,8 @@ class _MixedOp(torch.autograd.Function):
         for b_i, (idx, (stride, padding, dilation)) in enumerate(zip(spec.conv_idx, spec.conv_geom)):
             wc, gamma, beta = params[k:k + 3]
             h, sa, sb = saved[3 * b_i:3 * b_i + 3]
-            w, fold, bn = weights[idx], ctx.folds[b_i], ctx.bns[b_i]
+            fold, bn = ctx.folds[b_i], ctx.bns[b_i]
+            w = _folded(weights[idx]) if fold else weights[idx]
             g_w, g_gamma, g_beta = need_p[k:k + 3]
             gam, bet = (gamma * w, beta * w) if fold else (gamma, beta)
             if need_x or g_w or g_gamma or g_beta or need_w:
@@ -350,7 +377,7 @@ class _MixedOp(torch.autograd.Function):
             h, sa, sb = saved[3 * b_i:3 * b_i + 3]
             fold, bn = ctx.folds[b_i], ctx.bns[b_i]
             idxs = spec.sep_idx
-            w = weights[idxs]
+            w = _folded(weights[idxs]) if fold else weights[idxs]
             gamma = torch.cat([params[k + 4 * j + 2] for j in range(nb)])
             beta = torch.cat([params[k + 4 * j + 3] for j in range(nb)])
             wrep = w.repeat_interleave(c)
@@ -403,6 +430,7 @@ def pointwise_bn_relu(m: ConvBNReLU, inputs: list[torch.Tensor]) -> torch.Tensor
     output projection), storing only the inputs: the concatenation and the conv output are
     recomputed in backward (one 1x1 conv), instead of keeping both (autograd keeps the
     concatenation for the conv and the conv output for BatchNorm)."""
+    _refuse_autocast(inputs[0], "pointwise_bn_relu")
     return _PointwiseBNReLU.apply(m[1], len(inputs), *inputs, m[0].weight, m[1].weight, m[1].bias)
 
 
@@ -461,14 +489,17 @@ class _PointwiseBNReLU(torch.autograd.Function):
         return (None, None, *grads)
 
 
-def factorized_reduce(m: FactorizedReduce, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def factorized_reduce(m: FactorizedReduce, x: torch.Tensor, weight: torch.Tensor | None = None,
+                      fold: bool = False) -> torch.Tensor:
     """[weight ·] m(x) for a FactorizedReduce (two 1x1 stride-2 convs, one offset by a pixel, BN,
     ReLU), storing only x: the strided inputs, conv outputs and BN input are recomputed in
-    backward (autograd would keep a padded copy of x, the concatenation and the ReLU output)."""
+    backward (autograd would keep a padded copy of x, the concatenation and the ReLU output).
+    `fold`: `weight` is >= 0 by construction and is folded into BatchNorm (`MixedSpec.fold`)."""
+    _refuse_autocast(x, "factorized_reduce")
     args = (x, m.conv_a.weight, m.conv_b.weight, m.bn.weight, m.bn.bias)
     if weight is None:
-        return _FactorizedReduce.apply(m.bn, *args)
-    return _FactorizedReduce.apply(m.bn, *args, weight)
+        return _FactorizedReduce.apply(m.bn, False, *args)
+    return _FactorizedReduce.apply(m.bn, fold, *args, weight)
 
 
 def factorized_fusable(m: nn.Module) -> bool:
@@ -497,13 +528,14 @@ def _fr_conv(x: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> tuple[torch
 
 class _FactorizedReduce(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, bn_mod: nn.Module, x: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor,
+    def forward(ctx, bn_mod: nn.Module, fold: bool, x: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor,
                 gamma: torch.Tensor, beta: torch.Tensor, weight: torch.Tensor | None = None):
         x = x.contiguous(memory_format=CL)
         h, _ = _fr_conv(x, wa, wb)
-        fold = weight is not None and _fold(weight)
+        fold = weight is not None and fold
+        wf = _folded(weight) if fold else weight
         bn = _BN([bn_mod])
-        y, sa, sb = bn.forward(h, gamma * weight if fold else gamma, beta * weight if fold else beta, inplace=True)
+        y, sa, sb = bn.forward(h, gamma * wf if fold else gamma, beta * wf if fold else beta, inplace=True)
         y.relu_()
         if weight is not None and not fold:
             y = y * weight
@@ -514,12 +546,13 @@ class _FactorizedReduce(torch.autograd.Function):
     @staticmethod
     def backward(ctx, go: torch.Tensor):
         x, wa, wb, gamma, beta, sa, sb, weight = ctx.saved_tensors
-        _, need_x, need_wa, need_wb, need_g, need_b, *rest = ctx.needs_input_grad
+        _, _, need_x, need_wa, need_wb, need_g, need_b, *rest = ctx.needs_input_grad
         need_w = bool(rest and rest[0])
         bn, fold = ctx.bn, ctx.fold
+        wf = _folded(weight) if fold else weight  # the weight as forward folded it
         go = go.contiguous(memory_format=CL)
         n, c, ho, wo = go.shape
-        gam, bet = (gamma * weight, beta * weight) if fold else (gamma, beta)
+        gam, bet = (gamma * wf, beta * wf) if fold else (gamma, beta)
         h, (xa, xb, hb, wb_) = _fr_conv(x, wa, wb)
         h_rows = _rows(h)
         scale, shift = bn.scale_shift(sa, sb, gam, bet)
@@ -539,8 +572,8 @@ class _FactorizedReduce(torch.autograd.Function):
         if fold and need_w:
             gw = ((gg * gamma).sum() + (gb * beta).sum()).reshape(weight.shape)
         if fold:
-            gg = gg * weight if need_g else None
-            gb = gb * weight if need_b else None
+            gg = gg * wf if need_g else None
+            gb = gb * wf if need_b else None
         ggam = gg if need_g else None
         gbet = gb if need_b else None
         gx = gwa = gwb = None
@@ -559,4 +592,4 @@ class _FactorizedReduce(torch.autograd.Function):
                 gx = torch.zeros_like(x, memory_format=CL)
                 gx[:, :, ::2, ::2] = _image(torch.mm(gha, wa.view(ca, -1)), nb_, ho, wo)
                 gx[:, :, 1::2, 1::2] = _image(torch.mm(ghb, wb.view(c - ca, -1)), nb_, hb, wb_)
-        return (None, gx, gwa, gwb, ggam, gbet, gw)[:len(ctx.needs_input_grad)]
+        return (None, None, gx, gwa, gwb, ggam, gbet, gw)[:len(ctx.needs_input_grad)]

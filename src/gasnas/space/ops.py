@@ -54,9 +54,10 @@ class SepConv(nn.Sequential):
 
 
 def _fast_depthwise(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Training on CPU in channels-last: take depthwise.py's backward. Exports and traces, CUDA
-    and NCHW inputs keep the plain conv."""
+    """Training on CPU in channels-last: take depthwise.py's backward. Exports and traces, CUDA,
+    NCHW inputs and autocast (fp32 code, see depthwise.py) keep the plain conv."""
     return ((x.requires_grad or weight.requires_grad) and torch.is_grad_enabled() and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
             and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
             and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
 

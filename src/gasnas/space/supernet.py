@@ -12,7 +12,7 @@ FBNet), or the argmax path (`argmax_path`), where each MixedOp runs only its cho
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from torch import nn
 from gasnas.config import SpaceConfig
 from gasnas.ggm import GCNGuidedModule
 from gasnas.space.cell import PathSample, SearchCell, num_edges
+from gasnas.space.depthwise import autocast_active
 from gasnas.space.network import SegmentationNet
 
 
@@ -71,8 +72,11 @@ class Supernet(SegmentationNet):
     def guided_alphas(self) -> list[torch.Tensor]:
         """α' = GGM(α), one tensor per cell: what the forward pass, the latency estimate and
         derivation all use. With shared α the GGM runs over the cell types and each cell takes
-        its type's α'."""
-        guided = self.ggm(list(self.alphas))
+        its type's α'. Always fp32: autocast (search.amp) is off here, so α' and its gradients
+        are not rounded to bf16/fp16 inside an autocast forward."""
+        kind = self.alphas[0].device.type
+        with torch.autocast(kind, enabled=False) if autocast_active(self.alphas[0]) else nullcontext():
+            guided = self.ggm(list(self.alphas))
         return [guided[i] for i in self.cell_alpha]
 
     def op_weights(self) -> list[torch.Tensor]:
@@ -89,7 +93,9 @@ class Supernet(SegmentationNet):
     @contextmanager
     def using(self, weights: list[torch.Tensor] | list[PathSample] | None) -> Iterator[None]:
         """Forward passes inside weight the cells with `weights` (one per cell: [edges, ops]
-        mixture weights, or a PathSample) instead of softmax(α'); None keeps the default."""
+        mixture weights, or a PathSample) instead of softmax(α'); None keeps the default.
+        Mixture weights must be >= 0 (softmax mixtures are): the fused mixed op folds them into
+        BatchNorm without looking at their sign (space/fused.py)."""
         previous, self._step_weights = self._step_weights, weights
         try:
             yield
