@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from test_engine_support import data_root, shared_lut, single_thread, tiny_config  # noqa: F401
+from test_engine_support import data_root, shared_lut, tiny_config
 
 from gasnas.config import DEFAULT_OPS, Config, SearchConfig, SpaceConfig, load_config
 from gasnas.engine import checkpoint as ckpt_io
@@ -95,7 +95,7 @@ def test_amp_and_tf32_keys_default_off_and_are_checked() -> None:
 # --------------------------------------------------------------------------- search and training steps
 
 
-def test_search_step_under_bf16_autocast(single_thread, monkeypatch) -> None:  # noqa: F811
+def test_search_step_under_bf16_autocast(single_thread, monkeypatch) -> None:
     """A weight step and an architecture step under CPU bf16 autocast: finite losses; α and every
     GGM parameter get finite fp32 gradients (W a nonzero one; θ, φ are 0 until W leaves 0); α,
     the GGM and the weights stay fp32; the convs really ran in bf16, the fused Function not at
@@ -128,7 +128,7 @@ def test_search_step_under_bf16_autocast(single_thread, monkeypatch) -> None:  #
     assert counter.calls == 0
 
 
-def test_the_fused_path_runs_without_autocast(single_thread, monkeypatch) -> None:  # noqa: F811
+def test_the_fused_path_runs_without_autocast(single_thread, monkeypatch) -> None:
     """The same step without autocast takes the fused Function (the counter above can see it)."""
     net, arch, *_ = _search_parts("none")
     counter = _ApplyCounter(monkeypatch)
@@ -137,7 +137,7 @@ def test_the_fused_path_runs_without_autocast(single_thread, monkeypatch) -> Non
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_training_under_autocast_and_its_scaler_in_the_checkpoint(amp, tmp_path_factory, single_thread,  # noqa: F811
+def test_training_under_autocast_and_its_scaler_in_the_checkpoint(amp, tmp_path_factory, single_thread,
                                                                   monkeypatch) -> None:
     """`gasnas train` with train.amp: finite losses and evaluation; fp16's GradScaler state is
     in last.pt (loads with weights_only=True) and a resumed run starts from it."""
@@ -178,7 +178,7 @@ def test_training_under_autocast_and_its_scaler_in_the_checkpoint(amp, tmp_path_
     assert len(MetricsLog(out / "metrics.jsonl").rows()) == 2
 
 
-def test_search_under_fp16_keeps_both_scalers_and_resumes_them(tmp_path_factory, single_thread) -> None:  # noqa: F811
+def test_search_under_fp16_keeps_both_scalers_and_resumes_them(tmp_path_factory, single_thread) -> None:
     """`gasnas search` with search.amp=fp16 end to end: one GradScaler per optimizer, both in the
     checkpoint, both restored on resume."""
     if _fp16_unsupported():
@@ -204,7 +204,7 @@ def test_search_under_fp16_keeps_both_scalers_and_resumes_them(tmp_path_factory,
 # --------------------------------------------------------------------------- fp16 + GradScaler
 
 
-def test_fp16_gradscaler_step_on_cpu(single_thread, tmp_path) -> None:  # noqa: F811
+def test_fp16_gradscaler_step_on_cpu(single_thread, tmp_path) -> None:
     """fp16 autocast + GradScaler on CPU: a finite step updates the weights; an overflowing
     gradient skips the update and halves the scale; the state round-trips a checkpoint that
     loads with weights_only=True."""
@@ -237,7 +237,7 @@ def test_fp16_gradscaler_step_on_cpu(single_thread, tmp_path) -> None:  # noqa: 
 # --------------------------------------------------------------------------- fused vs plain
 
 
-def test_fused_and_plain_supernet_agree_under_bf16_autocast(single_thread) -> None:  # noqa: F811
+def test_fused_and_plain_supernet_agree_under_bf16_autocast(single_thread) -> None:
     """Under bf16 autocast the fused supernet runs the plain modules, so it and the plain
     reference agree to float rounding of the layout (channels-last vs NCHW kernels), in train
     mode (batch statistics) and eval mode. Against fp32, in eval mode, the bf16 logits stay
@@ -265,7 +265,7 @@ def test_fused_and_plain_supernet_agree_under_bf16_autocast(single_thread) -> No
             assert (yf.float() - y32).pow(2).mean().sqrt() <= 0.02 * y32.pow(2).mean().sqrt()
 
 
-def test_depthwise_and_fused_wrappers_under_autocast(single_thread) -> None:  # noqa: F811
+def test_depthwise_and_fused_wrappers_under_autocast(single_thread) -> None:
     """ops.SepConv (the derived net's separable convs) trains under bf16 autocast (its fast CPU
     backward is fp32 code and steps aside), and the fused wrappers refuse autocast outright."""
     from gasnas.space.depthwise import depthwise_conv3x3

@@ -36,10 +36,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine_support import data_root, shared_lut, single_thread, subprocess_env, tiny_config  # noqa: F401
+from test_engine_support import data_root, shared_lut, subprocess_env, tiny_config
 
 from gasnas.engine.checkpoint import load as load_ckpt
 from gasnas.engine.search import run_search
+
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses (CI runs them too)
 
 ROUNDING_SLACK = 4.0
 
@@ -71,7 +73,7 @@ def _launcher() -> list[str]:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-def test_two_processes_match_one(tmp_path_factory, single_thread, monkeypatch) -> None:  # noqa: F811
+def test_two_processes_match_one(tmp_path_factory, single_thread, monkeypatch) -> None:
     import gasnas.space.supernet as supernet_module
 
     class UnfusedSupernet(supernet_module.Supernet):
@@ -134,7 +136,7 @@ def test_two_processes_match_one(tmp_path_factory, single_thread, monkeypatch) -
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 @pytest.mark.parametrize("loss", ["ohem", "weighted"])
-def test_two_processes_train_like_one(tmp_path_factory, single_thread, loss: str) -> None:  # noqa: F811
+def test_two_processes_train_like_one(tmp_path_factory, single_thread, loss: str) -> None:
     """`torchrun -m gasnas train` (aux heads, OHEM or the demo's class-weighted cross-entropy over
     every pixel with fused AdamW, soft Dice, globally normalised losses, global BatchNorm):
     the same loss, mIoU and weights as one process after one step, to rounding (observed

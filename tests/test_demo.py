@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gasnas.cli import main
+
+pytestmark = pytest.mark.slow  # the whole demo end to end (CI runs it too)
 
 
 def test_demo_quick_writes_report(tmp_path, capsys) -> None:

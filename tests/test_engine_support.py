@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 H, W = 32, 48
@@ -88,20 +87,6 @@ def shared_lut(tmp_path_factory: pytest.TempPathFactory) -> Path:
         get_or_build_lut(cfg, out, cfg.data.num_classes, progress=False, calibrate_samples=4)
         _CACHE["lut"] = out / "lut.json"
     return _CACHE["lut"]
-
-
-@pytest.fixture
-def single_thread():
-    """One torch thread and deterministic algorithms for this test; restored afterwards."""
-    threads = torch.get_num_threads()
-    det = torch.are_deterministic_algorithms_enabled()
-    warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    bench = torch.backends.cudnn.benchmark
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det, warn_only=warn)
-    torch.backends.cudnn.benchmark = bench
 
 
 def subprocess_env() -> dict[str, str]:

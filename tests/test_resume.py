@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine_support import (  # noqa: F401
+from test_engine_support import (
     PYTHON,
     data_root,
     shared_lut,
-    single_thread,
     subprocess_env,
     tiny_config,
 )
@@ -31,6 +30,8 @@ from gasnas.errors import GasnasError
 from gasnas.fileio import torch_load
 from gasnas.space.genotype import derive_genotype
 from gasnas.space.supernet import Supernet
+
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses (CI runs them too)
 
 VOLATILE = {"epoch_end_s"}
 
@@ -78,7 +79,7 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("relaxation", ["softmax", "gumbel"])
-def test_search_resumes_exactly_after_sigkill(tmp_path_factory, single_thread, relaxation) -> None:  # noqa: F811
+def test_search_resumes_exactly_after_sigkill(tmp_path_factory, single_thread, relaxation) -> None:
     """Also the sampler's generator (Gumbel draws, skip dropout), the temperature schedule, the
     λ / budget policy (λ, calibration, per-stage gradient EMA) and the previous genotype."""
     data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
@@ -112,7 +113,7 @@ def test_search_resumes_exactly_after_sigkill(tmp_path_factory, single_thread, r
     assert g_ref["cells"] == g_got["cells"] and g_ref["predicted_latency_ms"] == g_got["predicted_latency_ms"]
 
 
-def test_train_resumes_exactly_after_sigkill(tmp_path_factory, single_thread) -> None:  # noqa: F811
+def test_train_resumes_exactly_after_sigkill(tmp_path_factory, single_thread) -> None:
     data = data_root(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("resume_train")
     # the demo's training path: (fused) AdamW, class-weighted CE over every pixel + Dice, EMA,

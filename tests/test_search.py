@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from test_engine_support import data_root, shared_lut, single_thread, tiny_config  # noqa: F401
+from test_engine_support import data_root, shared_lut, tiny_config
 
 import gasnas.engine.search as search_mod
 from gasnas.cli import main
@@ -119,7 +119,7 @@ def test_each_step_moves_only_its_own_parameters(searched) -> None:
     assert all(arch_events[0][:5]) and arch_events[0][-1]
 
 
-def test_target_mode_adapts_lambda_every_step_from_the_calibrated_derived_net(tmp_path_factory, single_thread, capsys) -> None:  # noqa: F811
+def test_target_mode_adapts_lambda_every_step_from_the_calibrated_derived_net(tmp_path_factory, single_thread, capsys) -> None:
     data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
     cfg = tiny_config(data, tmp_path_factory.mktemp("target"), "t", f"latency.lut={lut}",
                       "search.measure_derived=true", "search.epochs=3", "search.latency_warmin_epochs=0",
@@ -200,7 +200,7 @@ def test_alpha_spread_is_the_logit_gap_and_a_near_uniform_end_is_noted(capsys) -
     assert capsys.readouterr().err == ""
 
 
-def test_nan_stops_with_one_line_and_keeps_last_checkpoint(tmp_path_factory, single_thread, monkeypatch, capsys) -> None:  # noqa: F811
+def test_nan_stops_with_one_line_and_keeps_last_checkpoint(tmp_path_factory, single_thread, monkeypatch, capsys) -> None:
     from gasnas.engine.losses import CrossEntropy
 
     data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
@@ -225,7 +225,7 @@ def test_nan_stops_with_one_line_and_keeps_last_checkpoint(tmp_path_factory, sin
     assert all(torch.isfinite(v).all() for v in ck["supernet"].values() if v.is_floating_point())
 
 
-def test_ctrl_c_saves_and_resume_finishes(tmp_path_factory, single_thread, monkeypatch, capsys) -> None:  # noqa: F811
+def test_ctrl_c_saves_and_resume_finishes(tmp_path_factory, single_thread, monkeypatch, capsys) -> None:
     data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
     cfg = tiny_config(data, tmp_path_factory.mktemp("sigint"), "c", f"latency.lut={lut}")
     recipe = _write_config(cfg, cfg.run_dir.parent / "c.yaml")
@@ -257,7 +257,7 @@ def _one_error_line(capsys) -> str:
     return err[0]
 
 
-def test_errors_exit_2_with_one_line(tmp_path_factory, single_thread, capsys) -> None:  # noqa: F811
+def test_errors_exit_2_with_one_line(tmp_path_factory, single_thread, capsys) -> None:
     data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("errors")
     base = ["--no-progress", "--set", f"out_dir={tmp}"]

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_engine_support import single_thread  # noqa: F401
 
 from gasnas.config import LatencyConfig, SearchConfig, SpaceConfig
 from gasnas.engine.architect import Architect
@@ -52,7 +51,7 @@ def _batch(seed: int = 0):
 
 
 @pytest.mark.parametrize("mode", ["adjacent", "global"])
-def test_ggm_starts_at_identity_and_learns_edge_specific_information(mode: str, single_thread) -> None:  # noqa: F811
+def test_ggm_starts_at_identity_and_learns_edge_specific_information(mode: str, single_thread) -> None:
     net, arch = _architect(mode)
     alphas = [a.detach().clone() for a in net.alphas]
     assert all(torch.equal(a, b) for a, b in zip(net.guided_alphas(), alphas))  # α' = α at the start
@@ -88,7 +87,7 @@ def test_ggm_features_are_scale_free() -> None:
     assert torch.allclose(ggm.adjacency(1e-3 * x), ggm.adjacency(x), atol=1e-5)
 
 
-def test_ggm_none_keeps_alpha_and_has_no_graph(single_thread) -> None:  # noqa: F811
+def test_ggm_none_keeps_alpha_and_has_no_graph(single_thread) -> None:
     net, arch = _architect("none")
     x, y = _batch()
     arch.step(x, y)
@@ -99,7 +98,7 @@ def test_ggm_none_keeps_alpha_and_has_no_graph(single_thread) -> None:  # noqa: 
 # --------------------------------------------------------------------------- Gumbel
 
 
-def test_gumbel_runs_only_the_sampled_ops(single_thread) -> None:  # noqa: F811
+def test_gumbel_runs_only_the_sampled_ops(single_thread) -> None:
     net, _ = _architect(relaxation="gumbel")
     relax = Relaxation(SearchConfig(relaxation="gumbel"), list(net.space.ops), 0)
     calls: dict[tuple[int, int], list[int]] = {}
@@ -118,7 +117,7 @@ def test_gumbel_runs_only_the_sampled_ops(single_thread) -> None:  # noqa: F811
             assert calls.get((k, e), []) == ([] if free else [op_index]), (k, e)
 
 
-def test_gumbel_gradients_reach_alpha_and_ggm_through_the_straight_through_estimator(single_thread) -> None:  # noqa: F811
+def test_gumbel_gradients_reach_alpha_and_ggm_through_the_straight_through_estimator(single_thread) -> None:
     net, arch = _architect(relaxation="gumbel")
     with torch.no_grad():
         net.ggm.weight.weight.normal_(std=0.1)
@@ -204,7 +203,7 @@ def test_skip_dropout_drops_whole_skip_weights_with_its_probability() -> None:
     assert 0.5 < share < 0.7  # kept with probability 0.6
 
 
-def test_shared_alphas_give_one_alpha_per_cell_type(single_thread) -> None:  # noqa: F811
+def test_shared_alphas_give_one_alpha_per_cell_type(single_thread) -> None:
     from gasnas.space.genotype import derive_genotype
 
     space = SpaceConfig(**TINY, alpha_sharing="shared")
@@ -227,7 +226,7 @@ def test_shared_alphas_give_one_alpha_per_cell_type(single_thread) -> None:  # n
     assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in net.alphas)
 
 
-def test_alpha_lr_decays_by_cosine_over_the_search_epochs(single_thread) -> None:  # noqa: F811
+def test_alpha_lr_decays_by_cosine_over_the_search_epochs(single_thread) -> None:
     _, arch = _architect(epochs=4, warmup_epochs=1, a_lr_min=0.001)
     assert arch.lr(0, 0, 5) == arch.lr(1, 0, 5) == pytest.approx(0.01)
     assert arch.lr(3, 4, 5) == pytest.approx(0.001)
@@ -241,7 +240,7 @@ def test_alpha_lr_decays_by_cosine_over_the_search_epochs(single_thread) -> None
 
 
 @pytest.mark.parametrize("path_gradient", ["sampled", "all_ops"])
-def test_path_gradient_reaches_the_drawn_op_only_or_every_op(path_gradient: str, single_thread) -> None:  # noqa: F811
+def test_path_gradient_reaches_the_drawn_op_only_or_every_op(path_gradient: str, single_thread) -> None:
     net, arch = _architect(relaxation="gumbel", path_gradient=path_gradient)
     net_w, _ = arch.relaxation.step_weights(net, 0, 0, 1, arch=True)
     assert all(w.all_ops == (path_gradient == "all_ops") for w in net_w)

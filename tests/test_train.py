@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_engine_support import data_root, single_thread, tiny_config  # noqa: F401
+from test_engine_support import data_root, tiny_config
 
 from gasnas.cli import main
 from gasnas.engine.checkpoint import load as load_ckpt
@@ -59,7 +59,7 @@ def test_weight_ema_averages_floats_and_copies_step_counts() -> None:
     assert torch.allclose(ema.module[0].weight, 0.1 * now["0.weight"] + 0.9 * net[0].weight)
 
 
-def test_train_writes_loadable_checkpoints_and_eval_reads_them(tmp_path_factory, single_thread, capsys, monkeypatch) -> None:  # noqa: F811
+def test_train_writes_loadable_checkpoints_and_eval_reads_them(tmp_path_factory, single_thread, capsys, monkeypatch) -> None:
     data = data_root(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("train")
     cfg = tiny_config(data, tmp, "tr", "space.aux_heads=true")
@@ -114,7 +114,7 @@ def test_train_writes_loadable_checkpoints_and_eval_reads_them(tmp_path_factory,
     assert 0.0 <= json.loads(report.read_text())["miou"] <= 1.0
 
 
-def test_train_peer_with_the_same_loop_and_eval_reads_it(tmp_path_factory, single_thread, capsys) -> None:  # noqa: F811
+def test_train_peer_with_the_same_loop_and_eval_reads_it(tmp_path_factory, single_thread, capsys) -> None:
     """`gasnas train --peer`: the torchvision baseline through the same loop; checkpoints name the
     peer, and eval/bench rebuild it from the name."""
     from gasnas.deploy.models import load_trained
@@ -142,7 +142,7 @@ def test_train_peer_with_the_same_loop_and_eval_reads_it(tmp_path_factory, singl
     assert "--peer resnet9000" in capsys.readouterr().err
 
 
-def test_class_weighted_training_counts_pixels_and_records_weights(tmp_path_factory, single_thread) -> None:  # noqa: F811
+def test_class_weighted_training_counts_pixels_and_records_weights(tmp_path_factory, single_thread) -> None:
     import numpy as np
 
     from gasnas.data import build_dataset
@@ -167,7 +167,7 @@ def test_class_weighted_training_counts_pixels_and_records_weights(tmp_path_fact
     assert meta["config"]["train"]["class_weighting"] == "median_freq"
 
 
-def test_class_weighting_without_labelled_pixels_is_a_one_line_error(tmp_path_factory, single_thread,  # noqa: F811
+def test_class_weighting_without_labelled_pixels_is_a_one_line_error(tmp_path_factory, single_thread,
                                                                       monkeypatch, capsys) -> None:
     import numpy as np
 
@@ -186,7 +186,7 @@ def test_class_weighting_without_labelled_pixels_is_a_one_line_error(tmp_path_fa
     assert not (cfg.run_dir / "train" / "last.pt").exists()
 
 
-def test_logit_adjustment_folds_the_best_tau_into_best_pt_once(tmp_path_factory, single_thread, capsys) -> None:  # noqa: F811
+def test_logit_adjustment_folds_the_best_tau_into_best_pt_once(tmp_path_factory, single_thread, capsys) -> None:
     """train.logit_adjust: τ is the argmax of the sweep on every k-th training image, folded
     into the classifier bias of best.pt (last.pt keeps the raw weights), the recorded val mIoU is
     that of the adjusted net, and resuming the finished run does not adjust twice."""
