@@ -273,6 +273,9 @@ class Config:
     # and the fused mixed op's torch.mm and the plain path's cuDNN convs round alike (torch's
     # own defaults differ: matmul off, cuDNN on). No effect on CPU.
     tf32: bool = False
+    # mirror metrics.jsonl (every scalar) and the per-epoch figures to RUN/tb for TensorBoard;
+    # needs the optional tensorboard package: pip install -e ".[tb]"
+    tensorboard: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)

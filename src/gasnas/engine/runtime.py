@@ -154,12 +154,56 @@ def check_finite(value: float, what: str, epoch: int, step: int, last_good: Path
 # --------------------------------------------------------------------------- logging
 
 
+class TensorBoardMirror:
+    """What metrics.jsonl gets, also as TensorBoard scalars (and the run's figures as images) in
+    `log_dir` (config `tensorboard: true`; needs the optional `tensorboard` package, `pip install
+    -e ".[tb]"`). Absent, it says so in one line and the run goes on without it."""
+
+    def __init__(self, log_dir: Path, enabled: bool) -> None:
+        self.writer: Any = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional dependency
+        except ImportError:
+            log("note: tensorboard: true, but the tensorboard package is not installed "
+                '(pip install -e ".[tb]"); metrics go to metrics.jsonl only')
+            return
+        self.writer = SummaryWriter(str(log_dir))
+
+    def scalars(self, row: dict[str, Any], step: int) -> None:
+        """Every number of a metrics row (a list of numbers as key/0, key/1, ...)."""
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            values = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+            for i, v in values:
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    self.writer.add_scalar(key if i is None else f"{key}/{i}", v, step)
+        self.writer.flush()
+
+    def image(self, tag: str, png: Path, step: int) -> None:
+        """A figure the run has just written, as an image at `step`."""
+        if self.writer is None or not Path(png).is_file():
+            return
+        import matplotlib.image
+
+        self.writer.add_image(tag, matplotlib.image.imread(str(png))[..., :3], step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 class MetricsLog:
     """`metrics.jsonl`: one JSON object per line, written by rank 0 only. On resume the rows
-    after the checkpoint's epoch are dropped, so the file matches an uninterrupted run."""
+    after the checkpoint's epoch are dropped, so the file matches an uninterrupted run. With
+    `tensorboard`, each row is mirrored to run_dir/tb (TensorBoardMirror)."""
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False) -> None:
         self.path, self.enabled = Path(path), enabled
+        self.tensorboard = TensorBoardMirror(self.path.parent / "tb", enabled and tensorboard)
 
     def rows(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -192,6 +236,7 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(nan_to_none(row)) + "\n")
+        self.tensorboard.scalars(row, int(row.get("epoch") or 0))
 
 
 def progress(iterable: Iterable[Any], enabled: bool, **kw: Any) -> Any:

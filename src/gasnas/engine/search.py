@@ -235,7 +235,7 @@ class SearchRun:
         self.ckpt_every = int(ckpt_every_steps or 0)
         self.show = show_progress and self.main
         self.ckpt_path = run_dir / CHECKPOINT
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main)
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main, tensorboard=cfg.tensorboard)
 
         # ---- data: 50/50 split of the training images, val split for the supernet mIoU
         sc = cfg.search
@@ -565,6 +565,15 @@ class SearchRun:
                   ["alpha_spread_mean", "alpha_margin_mean", "alpha_entropy_mean"])
         safe_plot(viz.plot_convergence, rows, plots / "convergence.png")
         safe_plot(viz.plot_alphas, op_weights, list(self.cfg.space.ops), plots / "alphas.png")
+        if self.metrics.tensorboard.writer is not None and rows:
+            from gasnas.space.genotype import Genotype
+
+            epoch = int(rows[-1].get("epoch") or 0)
+            cells = self.run_dir / f"genotype_epoch{epoch}.json"
+            if cells.is_file():
+                safe_plot(viz.plot_genotype, Genotype.load(cells), plots / "cells_epoch.png")
+            for name in ("alphas", "convergence", "cells_epoch"):
+                self.metrics.tensorboard.image(name, plots / f"{name}.png", epoch)
 
     # ------------------------------------------------------------------ the end
 

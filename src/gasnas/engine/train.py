@@ -155,7 +155,7 @@ class TrainRun:
         self.ckpt_every = int(ckpt_every_steps or 0)
         self.show = show_progress and self.main
         self.last_path, self.best_path = run_dir / LAST, run_dir / BEST
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main)
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main, tensorboard=cfg.tensorboard)
         tc = cfg.train
 
         self.train_ds = build_dataset(cfg.data, cfg.data.train_split, train=True)
@@ -442,6 +442,8 @@ class TrainRun:
         safe_plot(viz.plot_curves, rows, plots / "miou.png", ["val_miou", "val_pixel_acc"])
         if evaluated:
             safe_plot(self._plot_examples, plots / "predictions.png")
+            if rows:
+                self.metrics.tensorboard.image("predictions", plots / "predictions.png", int(rows[-1].get("epoch") or 0))
 
     def _plot_examples(self, path: Path, n: int = 4) -> None:
         from gasnas.data import denormalize
