@@ -1,15 +1,30 @@
-"""The supernet-step benchmark's baseline: a DARTS mixed op that computes `none` too, and the same
-function as the fast supernet (benchmarks/supernet_step.py compares their speed)."""
+"""Benchmark drivers: the supernet-step benchmark's baseline (a DARTS mixed op that computes
+`none` too, and the same function as the fast supernet: benchmarks/supernet_step.py compares their
+speed); benchmarks/camvid_vs_lraspp.py run end to end with its `gasnas` commands replaced by a fake
+that writes the files they would write (the in-process LR-ASPP and latency timings run for real, at
+32x48)."""
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+from data_fixtures import make_camvid, write_png
 from torch.overrides import TorchFunctionMode
 
+from gasnas.config import SpaceConfig
+from gasnas.data.classes import CAMVID_CLASSES
+from gasnas.space.cell import edge_index
+from gasnas.space.genotype import CellGene, Genotype
+from gasnas.space.network import plan_cells
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import camvid_vs_lraspp as camvid_driver  # noqa: E402
 import supernet_step  # noqa: E402
 
 
@@ -46,3 +61,157 @@ def test_darts_baseline_computes_none_and_matches_fast() -> None:
     assert y_naive.shape == y_fast.shape == (2, 11, 64, 96)
     torch.testing.assert_close(y_naive, y_fast, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(y_skips, y_naive, atol=1e-6, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- camvid_vs_lraspp driver
+
+
+TINY_SPACE = SpaceConfig(stem_channels=[4, 4, 8], stage_channels=[8, 16, 16], cells_per_stage=[1, 1, 1],
+                         head_channels=8)
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def tiny_genotype(path: Path, op: str = "conv_3x3") -> Path:
+    edges = edge_index(TINY_SPACE.nodes)
+    cells = [CellGene(plan.reduction, [(*edges[e], op if e % 2 else "skip_connect") for e in (0, 1, 2, 3)])
+             for plan in plan_cells(TINY_SPACE)]
+    g = Genotype(TINY_SPACE, len(CAMVID_CLASSES), cells)
+    g.predicted_latency_ms = 1.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    g.save(path)
+    return path
+
+
+def _opt(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def _fake_gasnas(calls: list[list[str]]):
+    """Writes the files each `gasnas` command would write (nothing trained or evaluated)."""
+    def run(args: list[str], lock: str | None) -> float:
+        calls.append(list(args))
+        sets = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--set")
+        if args[0] == "search":
+            tiny_genotype(Path(sets["out_dir"]) / sets["name"] / "genotype.json")
+        elif args[0] == "train":
+            run_dir = Path(_opt(args, "--run-dir"))
+            epochs, every = int(sets["train.epochs"]), int(sets["train.eval_every"])
+            top = 0.6 if "--genotype" in args else 0.5
+            rows = [{"epoch": e, "loss": 2.0 / e, **({"val_miou": top * e / epochs} if e % every == 0 else {})}
+                    for e in range(1, epochs + 1)]
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (run_dir / "best.pt").write_bytes(run_dir.name.encode())
+            (run_dir / "last.pt").write_bytes(b"last")
+        elif args[0] == "eval":
+            tta = "--flip" in args
+            base = 0.6 if "gasnas" in _opt(args, "--checkpoint") else 0.5
+            iou = [base + (0.02 if tta else 0.0)] * len(CAMVID_CLASSES)
+            iou[-1] = None  # a class absent from the split
+            Path(_opt(args, "--json")).write_text(json.dumps(
+                {"miou": base + (0.02 if tta else 0.0), "pixel_acc": 0.9, "mean_acc": 0.7, "iou": iou,
+                 "class_names": CAMVID_CLASSES, "flip": tta}))
+        elif args[0] == "predict":
+            out = Path(_opt(args, "--out"))
+            for image in args[args.index("--out") + 2:]:
+                write_png(out / f"{Path(image).stem}_overlay.png", np.full((24, 32, 3), 128, np.uint8))
+        else:
+            raise AssertionError(f"unexpected command {args}")
+        return 0.5
+    return run
+
+
+def _camvid_argv(tmp_path: Path, out: Path) -> list[str]:
+    root = make_camvid(tmp_path / "camvid", {"train": 2, "val": 4})
+    return ["--config", "camvid", "--out", str(out), "--set", f"data.root={root}",
+            "--set", "latency.input_size=[32,48]", "--input", "32x48", "--threads", "1", "--rounds", "1",
+            "--repeats", "1", "--train-epochs", "4", "--eval-every", "2"]
+
+
+def test_camvid_driver_budget_search_train_eval_time_and_resume(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "bench"
+    calls: list[list[str]] = []
+    monkeypatch.setattr(camvid_driver, "run_gasnas", _fake_gasnas(calls))
+    argv = _camvid_argv(tmp_path, out)
+    assert camvid_driver.main(argv) == 0
+
+    budget = json.loads((out / "lraspp_budget.json").read_text())
+    assert budget["input_size"] == [32, 48] and budget["lraspp_ms"] > 0
+    kinds = [c[0] for c in calls]
+    assert kinds == ["search", "train", "train", "eval", "eval", "eval", "eval", "predict", "predict"]
+    search = calls[0]
+    assert float(_opt(search, "--target-ms")) == pytest.approx(round(0.8 * budget["lraspp_ms"], 2))
+    trains = calls[1:3]
+    assert "--genotype" in trains[0] and _opt(trains[1], "--peer") == camvid_driver.PEER
+    for c in trains:  # the same recipe, epochs and overrides for both
+        assert _opt(c, "-c") == "camvid" and "train.epochs=4" in c and "train.eval_every=2" in c
+        assert any(s.startswith("data.root=") for s in c)
+    assert sum("--flip" in c for c in calls[3:7]) == 2
+    assert len(calls[7]) - calls[7].index("--out") - 2 == 3  # three val images per net
+
+    s = json.loads((out / "summary.json").read_text())
+    assert s["genotype"]["source"] == "searched" and HEX64.fullmatch(s["genotype"]["sha256"])
+    assert s["genotype"]["path"] == str(out / "search" / "genotype.json")
+    assert s["budget"]["target_ratio"] == 0.8 and s["budget"]["target_ms"] == float(_opt(search, "--target-ms"))
+    assert s["train_epochs"] == 4 and s["tta"] == {"flip": True, "scales": [0.75, 1.0, 1.25, 1.5]}
+    hashes = set()
+    for name in ("gasnas", "lraspp"):
+        m = s["models"][name]
+        assert HEX64.fullmatch(m["checkpoint"]["sha256"]) and Path(m["checkpoint"]["path"]).is_file()
+        hashes.add(m["checkpoint"]["sha256"])
+        assert m["epochs"] == 4 and m["best_epoch"] == 4 and m["train_wall_s"] == 0.5
+        assert m["val_miou_tta"] == pytest.approx(m["val_miou_single"] + 2.0)
+        assert len(m["per_class_iou_single"]) == len(CAMVID_CLASSES)
+        assert m["per_class_iou_single"][CAMVID_CLASSES[-1]] is None
+        assert all(m["latency_ms"][b] > 0 for b in ("torch", "onnxruntime")) and not m["latency_errors"]
+        assert m["params_m"] > 0 and m["gflops"] > 0
+    assert len(hashes) == 2
+    c = s["comparison"]
+    assert c["miou_delta_single"] == pytest.approx(10.0) and c["miou_delta_tta"] == pytest.approx(10.0)
+    for b in ("torch", "onnxruntime"):
+        g, p = s["models"]["gasnas"]["latency_ms"][b], s["models"]["lraspp"]["latency_ms"][b]
+        assert c["latency_ratio"][b] == pytest.approx(g / p)
+    assert c["params_ratio"] == pytest.approx(s["models"]["gasnas"]["params_m"] / s["models"]["lraspp"]["params_m"])
+    assert s["latency"]["input_size"] == [32, 48] and s["latency"]["threads"] == 1
+    assert set(s["goal"]["checks"]) and isinstance(s["goal"]["passed"], bool)
+    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "overlays" / "side_by_side.png").stat().st_size > 1000
+    assert len(s["files"]["overlays"]) == 1 + 2 * 3
+    md = (out / "summary.md").read_text()
+    assert "| gasnas | 60.0 | 62.0 |" in md and "| lraspp | 50.0 | 52.0 |" in md
+
+    calls.clear()
+
+    def no_timing(*a, **k):
+        raise AssertionError("the timing stages should have been skipped")
+
+    monkeypatch.setattr(camvid_driver, "time_nets", no_timing)
+    assert camvid_driver.main(argv) == 0
+    assert calls == []
+    assert json.loads((out / "summary.json").read_text())["models"] == s["models"]
+
+
+def test_camvid_driver_given_genotype_needs_no_budget_and_guards_its_folder(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "bench"
+    calls: list[list[str]] = []
+    monkeypatch.setattr(camvid_driver, "run_gasnas", _fake_gasnas(calls))
+
+    def fake_timing(models, size, backends, threads, rounds, repeats):
+        ms = {"gasnas": 8.0, "lraspp": 10.0}
+        return {n: {b: {"status": "ok", "median_ms": ms[n] / (2 if b == "onnxruntime" else 1)} for b in backends}
+                for n in models}
+
+    monkeypatch.setattr(camvid_driver, "time_nets", fake_timing)
+    geno = tiny_genotype(tmp_path / "given.json")
+    argv = [*_camvid_argv(tmp_path, out), "--genotype", str(geno)]
+    assert camvid_driver.main(argv) == 0
+    assert [c[0] for c in calls][:2] == ["train", "train"] and not (out / "lraspp_budget.json").exists()
+    assert _opt(calls[0], "--genotype") == str(geno)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["genotype"]["source"] == str(geno) and s["search"] is None and s["budget"]["target_ms"] is None
+    assert s["comparison"]["latency_ratio"] == {"torch": pytest.approx(0.8), "onnxruntime": pytest.approx(0.8)}
+    assert s["goal"]["checks"]["latency_ratio_torch_at_most_0.8"]
+
+    other = tiny_genotype(tmp_path / "other.json", op="sep_conv_3x3")
+    with pytest.raises(SystemExit, match="use another --out"):
+        camvid_driver.main([*_camvid_argv(tmp_path, out), "--genotype", str(other)])
