@@ -3,7 +3,8 @@
 Stages (each skipped when its output exists, so a rerun continues where it stopped; each timed
 stage runs under `--lock`'s exclusive flock):
 1. LR-ASPP (`lraspp_mobilenet_v3_large`, random weights) timed at the recipe's latency input size
-   (batch 1, `--threads`): the budget is T = `--target-ratio` × its median.
+   (batch 1, `--threads`): the budget is T = `--target-ratio` × its calmest round's median, the
+   scale on which a search reports its derived nets' latency.
 2. Per seed: `gasnas search --config RECIPE --target-ms T --set seed=S` (printed before it runs).
 3. Every searched net and LR-ASPP timed interleaved in one process (rounds of each in turn), so
    the searched/LR-ASPP ratio does not depend on the machine's phase.
@@ -13,6 +14,8 @@ search wall time; across seeds the share of kept (cell, edge, op) triples they a
 
     python benchmarks/search_convergence.py --config camvid --seeds 0 1 2 --target-ratio 0.8 \
         --out runs/search-convergence --lock /tmp/gasnas-cpu.lock
+
+with any number of `--set key=value` passed on to every search.
 """
 
 from __future__ import annotations
@@ -29,20 +32,20 @@ from pathlib import Path
 
 from gasnas.fileio import exclusive_lock as exclusive
 
+CALM_ROUNDS = 7
 GOALS = {"alpha_spread_mean": 2.0, "unchanged_last_3_epochs": 0.9, "skip_share_max": 1 / 3,
          "budget_tolerance": 0.10, "seed_agreement": 0.6, "search_minutes": 45}
 
 
-def time_nets(nets: dict[str, object], size: list[int], threads: int, rounds: int, repeats: int) -> dict[str, float]:
-    """Median ms of each net at batch 1, timed in turn for `rounds` rounds (one process)."""
+def time_nets(nets: dict[str, object], size: list[int], threads: int, rounds: int, repeats: int) -> dict[str, list[float]]:
+    """Each net's per-round median ms at batch 1, timed in turn for `rounds` rounds (one process)."""
     import torch
 
     from gasnas.latency.timing import make_runner, time_round_robin
 
     torch.set_num_threads(threads)
     runners = {name: make_runner(net, size, "torch", "cpu", "fp32", threads) for name, net in nets.items()}
-    per = time_round_robin(runners, rounds, repeats, warmup=6)
-    return {name: statistics.median(v) for name, v in per.items()}
+    return time_round_robin(runners, rounds, repeats, warmup=6)
 
 
 def agreement(genotypes: list[dict]) -> float | None:
@@ -70,15 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     size = list(cfg.latency.input_size)
 
+    # The budget is on the search's scale: a search reports a derived net's latency in the
+    # machine's calmest phase (latency/isolated.py), so LR-ASPP's calmest round sets T, not a
+    # median that a slow phase of the machine can inflate by ~1.2x.
     peer_path = out / "lraspp_latency.json"
     if not peer_path.is_file():
         with exclusive(args.lock):
-            ms = time_nets({"lraspp": build_peer("lraspp_mobilenet_v3_large", cfg.data.num_classes).eval()},
-                           size, args.threads, rounds=3, repeats=20)["lraspp"]
-        peer_path.write_text(json.dumps({"lraspp_ms": ms, "input_size": size, "threads": args.threads}))
+            rounds = time_nets({"lraspp": build_peer("lraspp_mobilenet_v3_large", cfg.data.num_classes).eval()},
+                               size, args.threads, rounds=CALM_ROUNDS, repeats=20)["lraspp"]
+        peer_path.write_text(json.dumps({"lraspp_ms": min(rounds), "round_medians_ms": rounds,
+                                         "input_size": size, "threads": args.threads}))
     lraspp_ms = json.loads(peer_path.read_text())["lraspp_ms"]
     target = round(args.target_ratio * lraspp_ms, 2)
-    print(f"LR-ASPP {lraspp_ms:.2f} ms at {size[0]}x{size[1]}; budget {target} ms", flush=True)
+    print(f"LR-ASPP {lraspp_ms:.2f} ms (calmest of {CALM_ROUNDS} rounds) at {size[0]}x{size[1]}; "
+          f"budget {target} ms", flush=True)
 
     seeds = {}
     for seed in args.seeds:
@@ -108,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed, run_dir in seeds.items():
             nets[f"seed{seed}"] = DerivedNet(Genotype.load(run_dir / "genotype.json")).eval()
         with exclusive(args.lock):
-            times_path.write_text(json.dumps(time_nets(nets, size, args.threads, rounds=5, repeats=20)))
+            per_round = time_nets(nets, size, args.threads, rounds=5, repeats=20)
+            times_path.write_text(json.dumps({name: statistics.median(v) for name, v in per_round.items()}))
     times = json.loads(times_path.read_text())
 
     rows, genotypes = [], []

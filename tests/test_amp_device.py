@@ -8,7 +8,13 @@ import copy
 
 import pytest
 import torch
-from test_engine_support import data_root, shared_lut, tiny_config
+from test_engine_support import (
+    NoLatency,
+    data_root,
+    mixed_op_with_random_bn,
+    shared_lut,
+    tiny_config,
+)
 
 from gasnas.config import DEFAULT_OPS, Config, SearchConfig, SpaceConfig, load_config
 from gasnas.engine import checkpoint as ckpt_io
@@ -36,22 +42,13 @@ def _fp16_unsupported() -> str | None:
     return None
 
 
-class _NoLatency:
-    def loss(self, weights, *args):
-        zero = weights[0].sum() * 0.0
-        return zero, zero
-
-    def record_ce_gradients(self, grads) -> None:
-        self.grads = grads
-
-
 def _search_parts(amp: str):
     torch.manual_seed(0)
     net = Supernet(SpaceConfig(**TINY), 3, recompute_stages=3)
     sc = SearchConfig(a_lr=0.01)
     crit = build_criterion(255, False, 0.7, 100)
     relax = Relaxation(sc, list(DEFAULT_OPS), 0)
-    budget = _NoLatency()
+    budget = NoLatency()
     arch = Architect(net, crit, sc, budget, relax, precision=Precision(amp, CPU, "search.amp"))
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.01, momentum=0.9)
     return net, arch, budget, crit, relax, w_opt
@@ -292,13 +289,7 @@ def test_folded_nonnegative_weights_match_the_plain_op_even_at_zero() -> None:
     (clamped to the smallest normal number inside), which still gets its gradient; on stride-2
     edges FactorizedReduce folds as well."""
     for stride in (1, 2):
-        torch.manual_seed(stride)
-        ref = MixedOp(DEFAULT_OPS, 6, stride, fused=False).double()
-        with torch.no_grad():
-            for m in ref.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.weight.normal_()
-                    m.bias.normal_()
+        ref = mixed_op_with_random_bn(stride, seed=stride)
         fast = copy.deepcopy(ref).to(memory_format=torch.channels_last)
         fast.fused, fast.nonnegative_weights = True, True
         weights = torch.softmax(torch.randn(8, dtype=torch.float64), 0)

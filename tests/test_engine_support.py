@@ -99,3 +99,34 @@ def subprocess_env() -> dict[str, str]:
 
 PYTHON = sys.executable
 
+
+class NoLatency:
+    """A LatencyBudget stand-in for architecture-step tests: no latency term; it keeps the
+    cross-entropy gradients the step hands it."""
+
+    def loss(self, weights, *args):
+        zero = weights[0].sum() * 0.0
+        return zero, zero
+
+    def record_ce_gradients(self, grads) -> None:
+        self.grads = grads
+
+
+def mixed_op_with_random_bn(stride: int, seed: int, running_var: bool = False):
+    """A plain (unfused) float64 MixedOp over every default op, 6 channels, whose BatchNorms have
+    random affine parameters (and running variances): folding BN then changes numbers."""
+    import torch
+
+    from gasnas.config import DEFAULT_OPS
+    from gasnas.space.cell import MixedOp
+
+    torch.manual_seed(seed)
+    op = MixedOp(DEFAULT_OPS, 6, stride, fused=False).double()
+    with torch.no_grad():
+        for m in op.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.normal_()
+                m.bias.normal_()
+                if running_var:
+                    m.running_var.uniform_(0.5, 2.0)
+    return op

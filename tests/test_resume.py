@@ -78,16 +78,19 @@ def _rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("relaxation", ["softmax", "gumbel"])
+@pytest.mark.parametrize("relaxation", ["softmax", "gumbel", "gumbel-pair-uniform"])
 def test_search_resumes_exactly_after_sigkill(tmp_path_factory, single_thread, relaxation) -> None:
-    """Also the sampler's generator (Gumbel draws, skip dropout), the temperature schedule, the
-    λ / budget policy (λ, calibration, per-stage gradient EMA) and the previous genotype."""
+    """Also the sampler's generator (Gumbel draws, pair rivals, uniform weight paths, skip
+    dropout), the temperature schedule, the λ / budget policy (λ, calibration, per-stage
+    gradient EMA) and the previous genotype."""
+    relaxation, *variant = relaxation.split("-", 1)
     data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("resume_search")
     extra = (f"latency.lut={lut}", "search.epochs=4", "search.max_steps_per_epoch=4",
              f"search.relaxation={relaxation}", "search.skip_dropout=0.3", "search.latency_warmin_epochs=1",
              "search.latency_ramp_epochs=1", "latency.loss=target", "latency.target_ms=0.5",
-             "latency.target_basis=derived")  # measured latency is timing noise: not bit-reproducible
+             "latency.target_basis=derived",  # measured latency is timing noise: not bit-reproducible
+             *(("search.path_gradient=pair", "search.weight_path=uniform") if variant else ()))
     ref_cfg = tiny_config(data, tmp, "reference", *extra)
     run_search(ref_cfg, ckpt_every_steps=1, show_progress=False)
 

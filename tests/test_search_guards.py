@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_engine_support import NoLatency
 
 from gasnas.config import LatencyConfig, SearchConfig, SpaceConfig
 from gasnas.engine.architect import Architect
@@ -23,15 +24,6 @@ from gasnas.space.supernet import Supernet
 TINY = dict(stem_channels=[4, 4, 8], stage_channels=[8, 16, 16], cells_per_stage=[1, 1, 1], head_channels=8)
 
 
-class _NoLatency:
-    def loss(self, weights, *args):
-        zero = weights[0].sum() * 0.0
-        return zero, zero
-
-    def record_ce_gradients(self, grads) -> None:
-        self.grads = grads
-
-
 def _architect(mode: str = "adjacent", relaxation: str = "softmax", **search):
     torch.manual_seed(0)
     space = SpaceConfig(**TINY)
@@ -39,7 +31,7 @@ def _architect(mode: str = "adjacent", relaxation: str = "softmax", **search):
     net = Supernet(space, 3)
     sc = SearchConfig(relaxation=relaxation, a_lr=0.01, **search)
     crit = build_criterion(255, False, 0.7, 100)
-    return net, Architect(net, crit, sc, _NoLatency(), Relaxation(sc, list(space.ops), 0))
+    return net, Architect(net, crit, sc, NoLatency(), Relaxation(sc, list(space.ops), 0))
 
 
 def _batch(seed: int = 0):
@@ -129,6 +121,84 @@ def test_gumbel_gradients_reach_alpha_and_ggm_through_the_straight_through_estim
         assert (a.grad != 0).sum() > 1  # the whole row, not only the drawn op's entry
     for name, p in net.ggm.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def _ran_ops_help_alike(paths: list[PathSample]) -> torch.Tensor:
+    """A loss under which every op that ran on an edge helps exactly alike: Σ over the ops that
+    ran (the drawn one and, for `pair`, its rival) of their straight-through weight."""
+    total = torch.zeros(())
+    for p in paths:
+        ran = torch.tensor(p.index)[:, None] if p.rivals is None else torch.tensor([p.index, p.rivals]).T
+        total = total + p.weights.gather(-1, ran).sum()
+    return total
+
+
+def test_pair_gradient_compares_two_drawn_ops_and_has_no_favourite() -> None:
+    """`pair`: two distinct ops per edge, the forward value one-hot on the first, the gradient only
+    on the pair and zero-sum; when both help alike it is zero, whereas GDAS's `sampled` gradient
+    then still raises the drawn op (the favour that lets an early lead decide a search)."""
+    net = Supernet(SpaceConfig(**TINY), 3)
+    with torch.no_grad():
+        for a in net.alphas:
+            a.normal_()
+    g = torch.Generator().manual_seed(0)
+    paths = net.sample_pair(g)
+    for p in paths:
+        assert all(i != r for i, r in zip(p.index, p.rivals))
+        assert torch.equal(p.weights.detach(), torch.zeros_like(p.weights).scatter(-1, torch.tensor(p.index)[:, None], 1.0))
+    _ran_ops_help_alike(paths).backward()
+    assert max(float(a.grad.abs().max()) for a in net.alphas) < 1e-6
+    net.zero_grad(set_to_none=True)
+    sum(p.weights[torch.arange(len(p.index)), p.index].sum() for p in net.sample_pair(g)).backward()
+    for a in net.alphas:  # the drawn op alone helping: its α' rises, its rival's falls by as much
+        assert (a.grad != 0).sum(-1).le(2).all() and a.grad.sum(-1).abs().max() < 1e-6
+    net.zero_grad(set_to_none=True)
+    _ran_ops_help_alike(net.sample_path(1.0, g)).backward()
+    assert max(float(a.grad.abs().max()) for a in net.alphas) > 1e-2
+
+
+def test_pair_runs_the_drawn_op_with_a_graph_and_its_rival_without(single_thread) -> None:
+    net, arch = _architect(relaxation="gumbel", path_gradient="pair")
+    ran: dict[tuple[int, int], list[tuple[int, bool]]] = {}
+    for k, cell in enumerate(net.cells):
+        for e, mixed in enumerate(cell.mixed):
+            for j, op in enumerate(mixed.ops):
+                op.register_forward_hook(lambda m, i, o, key=(k, e), idx=mixed.active[j]:
+                                         ran.setdefault(key, []).append((idx, torch.is_grad_enabled())))
+    x, y = _batch()
+    weights, _ = arch.relaxation.step_weights(net, 0, 0, 1, arch=True)
+    with net.using(weights):
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+    ops = list(net.space.ops)
+    for k, w in enumerate(weights):
+        for e, (drawn, rival) in enumerate(zip(w.index, w.rivals)):
+            want = [(i, grad) for i, grad in ((drawn, True), (rival, False)) if ops[i] != "none"]
+            assert sorted(ran.get((k, e), [])) == sorted(want), (k, e)
+    assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in net.alphas)
+
+
+def test_uniform_weight_path_draws_every_op_alike_whatever_alpha_says() -> None:
+    net = Supernet(SpaceConfig(**TINY), 3)
+    with torch.no_grad():
+        for a in net.alphas:
+            a.zero_()
+            a[:, 1] = 20.0  # α' all but certain of op 1
+    n_ops = len(net.space.ops)
+    counts = {name: torch.zeros(n_ops) for name in ("alpha", "uniform")}
+    for name in counts:
+        relax = Relaxation(SearchConfig(relaxation="gumbel", weight_path=name), list(net.space.ops), 0)
+        for i in range(40):
+            with torch.no_grad():
+                weights, _ = relax.step_weights(net, 0, i, 40)
+            for w in weights:
+                counts[name] += torch.bincount(torch.tensor(w.index), minlength=n_ops)
+                assert not w.weights.requires_grad
+    assert counts["alpha"][1] == counts["alpha"].sum()
+    share = counts["uniform"] / counts["uniform"].sum()
+    assert (share - 1 / n_ops).abs().max() < 0.04
+    # the architecture step still draws from α'
+    relax = Relaxation(SearchConfig(relaxation="gumbel", weight_path="uniform"), list(net.space.ops), 0)
+    assert all(set(w.index) == {1} for w in relax.step_weights(net, 0, 0, 1, arch=True)[0])
 
 
 @pytest.mark.parametrize("relaxation", ["softmax", "gumbel"])

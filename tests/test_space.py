@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from test_engine_support import mixed_op_with_random_bn
 
 from gasnas.cli import main
 from gasnas.config import GGMConfig, SpaceConfig
@@ -291,17 +292,8 @@ def test_fused_mixed_op_edge_cases(stride: int, size: tuple[int, int]) -> None:
     then taken after the ReLU instead of inside BatchNorm), strided edges (even dilations
     subsampled, FactorizedReduce through plain autograd), maps smaller than the dilation
     (only the centre tap), train and eval mode, every subset of gradients."""
-    from gasnas.config import DEFAULT_OPS
-    from gasnas.space.cell import MixedOp
 
-    torch.manual_seed(0)
-    ref = MixedOp(DEFAULT_OPS, 6, stride, fused=False).double()
-    with torch.no_grad():
-        for m in ref.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.normal_()
-                m.bias.normal_()
-                m.running_var.uniform_(0.5, 2.0)
+    ref = mixed_op_with_random_bn(stride, seed=0, running_var=True)
     x0 = torch.randn(3, 6, *size, dtype=torch.float64)
     go = torch.randn(3, 6, -(-size[0] // stride), -(-size[1] // stride), dtype=torch.float64)
     for weights in (torch.softmax(torch.randn(8, dtype=torch.float64), 0),

@@ -189,10 +189,17 @@ class SearchConfig:
     # step costs about one derived net with every edge kept. Temperature: tau_max at the first
     # search step, linearly to tau_min at the last (warm-up epochs sample at tau_max).
     relaxation: Literal["softmax", "gumbel"] = "softmax"
-    # `gumbel`: the architecture step's gradient. `sampled`: the drawn op's scale only (GDAS);
-    # `all_ops`: every op of an edge runs without a graph and its weight gets <dL/dy, op(x)>
-    # on the sampled net (ProxylessNAS), for one no-grad forward of every op
-    path_gradient: Literal["sampled", "all_ops"] = "all_ops"
+    # `gumbel`: the architecture step's gradient. `sampled`: the drawn op's scale only (GDAS;
+    # it favours whichever op is drawn most, whatever its quality); `all_ops`: every op of an
+    # edge runs without a graph and its weight gets <dL/dy, op(x)> on the sampled net
+    # (ProxylessNAS), for one no-grad forward of every op; `pair`: a second op per edge is drawn
+    # (Gumbel top-2: without replacement) and runs without a graph, and the softmax over the two
+    # ops' α' compares them (ProxylessNAS's two-path update), for one extra op per edge
+    path_gradient: Literal["sampled", "all_ops", "pair"] = "all_ops"
+    # `gumbel`: which path the WEIGHT step trains. `alpha`: drawn from softmax(α') (GDAS), so the
+    # likelier ops are trained more; `uniform`: every op of an edge equally often (SPOS / FairNAS),
+    # so an op's α does not grow from being trained more
+    weight_path: Literal["alpha", "uniform"] = "alpha"
     tau_max: float = 5.0
     tau_min: float = 0.5
     # Guards against the latency pull (and skips) deciding the genotype before CE does:

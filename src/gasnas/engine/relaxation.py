@@ -10,7 +10,13 @@
   (`search.path_gradient`): `sampled` (GDAS) differentiates only the drawn op's scale, ∂L/∂w_drawn,
   a weak and noisy signal; `all_ops` (default) also runs the other ops of each edge without a
   graph, so every op's weight gets ⟨∂L/∂y, op(x)⟩ on the sampled network (ProxylessNAS), at the
-  cost of one no-grad forward of every op.
+  cost of one no-grad forward of every op; `pair` draws a second op per edge (without
+  replacement) that runs without a graph, and the softmax over the two ops' α' compares them
+  (ProxylessNAS's two-path update), at the cost of one more op per edge. `sampled` favours the
+  likeliest ops whatever their quality: when every op helps the loss alike, its expected update
+  still raises the α of ops drawn more often than average; `all_ops` and `pair` expect zero then.
+  `search.weight_path: uniform` trains the weights on uniformly drawn paths (SPOS / FairNAS)
+  instead of paths drawn from α', so an op is not trained more because α' already favours it.
 
 Both the weight step and the architecture step get their weights here, and so does the latency
 term (`latency.expectation`): under `mixture`, softmax(α') for `softmax` and for `gumbel` the mean
@@ -60,8 +66,9 @@ class Relaxation:
         self.expectation = expectation
         self.skip = ops.index(SKIP_OP) if SKIP_OP in ops else None
         capped = search_cfg.max_skip_per_cell is not None
-        self.free = torch.tensor([OPS[o].free or (capped and o == SKIP_OP) for o in ops])
-        self.any_free = bool(self.free.any())
+        # ops derivation does not keep on any edge it likes: `none`, and skip when capped
+        self.excluded = torch.tensor([OPS[o].free or (capped and o == SKIP_OP) for o in ops])
+        self.masks_ops = bool(self.excluded.any())
         self.generator = torch.Generator().manual_seed(mix_seed(seed, SAMPLER_STREAM))
 
     @property
@@ -75,25 +82,31 @@ class Relaxation:
         the other ops of each edge for their gradient). Differentiable in α and the GGM
         wherever they require grad."""
         guided = supernet.guided_alphas()
-        soft = [torch.softmax(a, dim=-1) for a in guided]
+        derivable = self.expectation == "derivable"
         if self.sampled:
             tau = temperature(self.cfg, epoch, step, steps_per_epoch)
-            paths = supernet.sample_path(tau, self.generator, guided)
-            latency = [0.5 * (s + p.weights) for s, p in zip(soft, paths)]
+            if arch and self.cfg.path_gradient == "pair":
+                paths = supernet.sample_pair(self.generator, guided)
+            elif not arch and self.cfg.weight_path == "uniform":
+                paths = supernet.sample_uniform(self.generator)
+            else:
+                paths = supernet.sample_path(tau, self.generator, guided)
             every = arch and self.cfg.path_gradient == "all_ops"
-            net: list[Any] = [PathSample(self._drop_skips(p.weights), p.index, every) for p in paths]
+            net: list[Any] = [PathSample(self._drop_skips(p.weights), p.index, every, p.rivals) for p in paths]
+            if not derivable:
+                return net, [0.5 * (torch.softmax(a, dim=-1) + p.weights) for a, p in zip(guided, paths)]
         else:
-            latency = soft
+            soft = [torch.softmax(a, dim=-1) for a in guided]
             net = [self._drop_skips(w.view_as(w)) for w in soft]
-        if self.expectation == "derivable":
-            latency = [self.derivable(a) for a in guided]
-        return net, latency
+            if not derivable:
+                return net, soft
+        return net, [self.derivable(a) for a in guided]
 
     def derivable(self, alpha: torch.Tensor) -> torch.Tensor:
         """Each edge's softmax over the ops derivation keeps on any edge (the others weigh 0)."""
-        if not self.any_free:
+        if not self.masks_ops:
             return torch.softmax(alpha, dim=-1)
-        return torch.softmax(alpha.masked_fill(self.free.to(alpha.device), float("-inf")), dim=-1)
+        return torch.softmax(alpha.masked_fill(self.excluded.to(alpha.device), float("-inf")), dim=-1)
 
     def eval_weights(self, supernet: Any) -> list[PathSample] | None:
         """What the supernet is evaluated with at an epoch end: the argmax path for `gumbel`

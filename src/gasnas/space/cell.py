@@ -36,11 +36,16 @@ class PathSample:
     `all_ops` (the architecture step): the other ops of each edge run too, without a graph, and
     enter as (w_o − w_o.detach())·op_o(x): the forward value is still the single path, but every
     op's weight gets the gradient ⟨∂L/∂y, op_o(x)⟩ (ProxylessNAS's binary-gate estimator), a
-    comparison of the ops rather than only the drawn op's scale."""
+    comparison of the ops rather than only the drawn op's scale.
+
+    `rivals` (the architecture step's `pair` gradient): one more op per edge runs without a graph
+    and enters the same way, so the drawn op and its rival are compared.
+    """
 
     weights: torch.Tensor
     index: list[int]
     all_ops: bool = False
+    rivals: list[int] | None = None
 
 
 def edge_index(nodes: int) -> list[tuple[int, int]]:
@@ -133,15 +138,15 @@ class MixedOp(nn.Module):
         return spec.finalize(), rest
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, index: int | None = None,
-                all_ops: bool = False) -> torch.Tensor | None:
+                all_ops: bool = False, rival: int | None = None) -> torch.Tensor | None:
         """Σ_o w_o·op_o(x); with `index`, only that op: w_index·op_index(x) (None for a free op
-        such as `none`, which adds nothing); `all_ops`: see `PathSample`."""
+        such as `none`, which adds nothing); `all_ops`, `rival`: see `PathSample`."""
         if index is not None:
             out = (weights[index] * self.ops[self.active.index(index)](x)) if index in self.active else None
-            if all_ops and weights.requires_grad:
+            if (all_ops or rival is not None) and weights.requires_grad:
                 for k, op in enumerate(self.ops):
                     i = self.active[k]
-                    if i != index:
+                    if i != index and (all_ops or i == rival):
                         with torch.no_grad():
                             y = op(x)
                         term = (weights[i] - weights[i].detach()) * y
@@ -191,13 +196,14 @@ class SearchCell(CellBase):
         assert weights is not None, "SearchCell needs per-edge op weights"
         path = weights.index if isinstance(weights, PathSample) else None
         every = isinstance(weights, PathSample) and weights.all_ops
+        rivals = weights.rivals if isinstance(weights, PathSample) else None
         w = weights.weights if isinstance(weights, PathSample) else weights
         out = None
         for e, (src, dst) in enumerate(self.edges):
             if dst != j:
                 continue
             y = (self.mixed[e](states[src], w[e]) if path is None
-                 else self.mixed[e](states[src], w[e], path[e], every))
+                 else self.mixed[e](states[src], w[e], path[e], every, None if rivals is None else rivals[e]))
             if y is not None:
                 out = y if out is None else out + y
         return out if out is not None else empty_node(states, self.c, self.reduction)

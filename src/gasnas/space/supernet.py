@@ -110,12 +110,41 @@ class Supernet(SegmentationNet):
         `guided`: this step's α' when the caller has it already (the GGM runs once)."""
         out = []
         for a in (guided if guided is not None else self.guided_alphas()):
-            u = torch.rand(a.shape, generator=generator, dtype=torch.float64).clamp_(1e-12, 1 - 1e-12)
-            gumbel = (-(-u.log()).log()).to(device=a.device, dtype=a.dtype)
+            gumbel = _gumbel(a.shape, generator).to(device=a.device, dtype=a.dtype)
             soft = torch.softmax((torch.log_softmax(a, dim=-1) + gumbel) / tau, dim=-1)
             index = soft.detach().argmax(dim=-1)
             hard = torch.zeros_like(soft).scatter_(-1, index.unsqueeze(-1), 1.0)
             out.append(PathSample(hard - soft.detach() + soft, index.tolist()))
+        return out
+
+    def sample_pair(self, generator: torch.Generator, guided: list[torch.Tensor] | None = None) -> list[PathSample]:
+        """Two ops per edge drawn without replacement from softmax(α') (Gumbel top-2): the first
+        runs with a graph, the second (`rivals`) without. Their weights are the softmax over the
+        two ops' α' alone, straight through (forward 1 and 0): the gradient p₁p₂(g₁ − g₂) on the
+        pair is zero when both ops help the loss equally, whichever is likelier, and the other
+        ops' α' get none (ProxylessNAS's two-path update)."""
+        guided = guided if guided is not None else self.guided_alphas()
+        if guided[0].shape[-1] < 2:
+            return self.sample_path(1.0, generator, guided)
+        out = []
+        for a in guided:
+            scores = torch.log_softmax(a.detach(), dim=-1).cpu().double() + _gumbel(a.shape, generator)
+            pair = scores.topk(2, dim=-1).indices.to(a.device)
+            p = torch.softmax(a.gather(-1, pair), dim=-1)
+            first = torch.zeros_like(p)
+            first[:, 0] = 1.0
+            weights = torch.zeros_like(a).scatter(-1, pair, first - p.detach() + p)
+            out.append(PathSample(weights, pair[:, 0].tolist(), rivals=pair[:, 1].tolist()))
+        return out
+
+    def sample_uniform(self, generator: torch.Generator) -> list[PathSample]:
+        """One op per edge drawn uniformly (the weight step's `search.weight_path: uniform`), one-hot,
+        no gradient: every op is trained equally often, whatever α' says."""
+        out = []
+        for a in (self.alphas[i] for i in self.cell_alpha):
+            index = torch.randint(a.shape[-1], (a.shape[0],), generator=generator)
+            hard = torch.zeros(a.shape, dtype=a.dtype).scatter_(-1, index.unsqueeze(-1), 1.0).to(a.device)
+            out.append(PathSample(hard, index.tolist()))
         return out
 
     def argmax_path(self) -> list[PathSample]:
@@ -127,3 +156,9 @@ class Supernet(SegmentationNet):
                 index = w.argmax(dim=-1)
                 out.append(PathSample(torch.zeros_like(w).scatter_(-1, index.unsqueeze(-1), 1.0), index.tolist()))
         return out
+
+
+def _gumbel(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """Standard Gumbel noise (fp64, CPU) from `generator`, so a seed fixes every draw."""
+    u = torch.rand(shape, generator=generator, dtype=torch.float64).clamp_(1e-12, 1 - 1e-12)
+    return -(-u.log()).log()
