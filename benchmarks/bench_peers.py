@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         run_bench,
         summary_lines,
     )
-    from gasnas.deploy.models import PEERS, build_peer, complexity
     from gasnas.fileio import write_json_atomic as write_json
     from gasnas.fileio import write_text_atomic as write_text
+    from gasnas.models import PEERS, build_peer, complexity
     from gasnas.space import DerivedNet
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

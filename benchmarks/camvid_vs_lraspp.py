@@ -137,7 +137,7 @@ def stage_budget(args: argparse.Namespace, out: Path, cfg: Any) -> dict[str, Any
         return {"how": "explicit --target-ms", "target_ratio": None, "target_ms": args.target_ms, "lraspp_ms": None}
     path = out / "lraspp_budget.json"
     if not path.is_file():
-        from gasnas.deploy.models import build_peer
+        from gasnas.models import build_peer
 
         size = parse_size(cfg.latency.input_size, "latency.input_size")
         print(f"# budget: {PEER} timed at {size[0]}x{size[1]}, {args.threads} threads", flush=True)
@@ -228,7 +228,7 @@ def stage_latency(args: argparse.Namespace, out: Path, cfg: Any, genotype: dict[
         done = json.loads(path.read_text())
         if done.get("genotype_sha256") == genotype["sha256"] and done.get("input_size") == size:
             return done
-    from gasnas.deploy.models import build_peer, complexity
+    from gasnas.models import build_peer, complexity
     from gasnas.space.derived import DerivedNet
     from gasnas.space.genotype import Genotype
 

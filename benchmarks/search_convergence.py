@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     args = ap.parse_args(argv)
     from gasnas.config import load_config
-    from gasnas.deploy.models import build_peer
+    from gasnas.models import build_peer
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -104,8 +104,8 @@ def measure_nets(nets: dict[str, str], num_classes: int, size: list[int], thread
                  rounds: int, repeats: int) -> dict[str, dict[str, float]]:
     """Median batch-1 ms of every net (a genotype.json path, or `peer:NAME`), timed in turn for
     `rounds` rounds in this one process, with params (M) and GFLOPs at `size`."""
-    from gasnas.deploy.models import build_peer, complexity
     from gasnas.latency.timing import make_runner, time_round_robin, torch_threads
+    from gasnas.models import build_peer, complexity
     from gasnas.space.derived import DerivedNet
     from gasnas.space.genotype import Genotype
 

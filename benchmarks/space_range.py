@@ -41,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from gasnas.config import load_config
-    from gasnas.deploy.models import build_peer
     from gasnas.latency.calibrate import calibrate
     from gasnas.latency.estimator import LatencyEstimator
     from gasnas.latency.measure import build_lut
     from gasnas.latency.timing import make_runner, time_round_robin
+    from gasnas.models import build_peer
     from gasnas.space.derived import DerivedNet
     from gasnas.space.genotype import CellGene, Genotype, derive_cell
     from gasnas.space.network import plan_cells

@@ -250,8 +250,8 @@ def test_predict_missing_input_names_it(files: dict[str, Path], capsys) -> None:
 
 
 def test_predict_pads_to_stride_and_crops_back(files: dict[str, Path]) -> None:
-    from gasnas.deploy.models import load_network
     from gasnas.deploy.predict import pad_to_stride, segment
+    from gasnas.models import load_network
 
     x = torch.zeros(1, 3, 70, 100)
     assert pad_to_stride(x).shape[-2:] == (96, 128)

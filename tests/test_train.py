@@ -117,7 +117,7 @@ def test_train_writes_loadable_checkpoints_and_eval_reads_them(tmp_path_factory,
 def test_train_peer_with_the_same_loop_and_eval_reads_it(tmp_path_factory, single_thread, capsys) -> None:
     """`gasnas train --peer`: the torchvision baseline through the same loop; checkpoints name the
     peer, and eval/bench rebuild it from the name."""
-    from gasnas.deploy.models import load_trained
+    from gasnas.models import load_trained
 
     data = data_root(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("peer")

@@ -86,13 +86,13 @@ def run_demo(cfg: Config, with_peers: bool = True, show_progress: bool = True) -
 
     from gasnas.data import build_dataset, class_names, denormalize, ensure_synthetic, palette
     from gasnas.deploy.bench import BenchModel, markdown_table, run_bench
-    from gasnas.deploy.models import build_peer
     from gasnas.engine.evaluate import evaluate
     from gasnas.engine.search import CHECKPOINT as SEARCH_CKPT
     from gasnas.engine.search import run_search
     from gasnas.engine.train import LAST as TRAIN_LAST
     from gasnas.engine.train import run_train
     from gasnas.fileio import write_json_atomic, write_text_atomic
+    from gasnas.models import build_peer
     from gasnas.space.complexity import count_flops, count_params
     from gasnas.space.derived import load_derived_checkpoint
     from gasnas.space.genotype import Genotype

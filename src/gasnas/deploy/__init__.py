@@ -21,10 +21,10 @@ _API = {
     "synthetic_scene": "gasnas.deploy.export",
     "predict_images": "gasnas.deploy.predict",
     "resolve_palette": "gasnas.deploy.predict",
-    "PEERS": "gasnas.deploy.models",
-    "build_peer": "gasnas.deploy.models",
-    "complexity": "gasnas.deploy.models",
-    "load_network": "gasnas.deploy.models",
+    "PEERS": "gasnas.models",
+    "build_peer": "gasnas.models",
+    "complexity": "gasnas.models",
+    "load_network": "gasnas.models",
 }
 
 __all__ = sorted(_API)

@@ -31,9 +31,9 @@ def _bench(args: argparse.Namespace) -> int:
         run_bench,
         summary_lines,
     )
-    from gasnas.deploy.models import PEERS, build_peer, complexity, load_network
     from gasnas.fileio import write_json_atomic as write_json
     from gasnas.fileio import write_text_atomic as write_text
+    from gasnas.models import PEERS, build_peer, complexity, load_network
 
     cfg = load_config(args.config, args.overrides).bench
     size = parse_size(args.input) if args.input else parse_size(cfg.input_size, "bench.input_size")
@@ -77,8 +77,8 @@ def _bench(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from gasnas.config import parse_size
     from gasnas.deploy.export import ParityError, export_onnx
-    from gasnas.deploy.models import load_network
     from gasnas.deploy.predict import collect_images
+    from gasnas.models import load_network
 
     out = Path(args.onnx)
     if out.is_dir():
@@ -102,8 +102,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from gasnas.deploy.bench import check_options
-    from gasnas.deploy.models import load_network
     from gasnas.deploy.predict import predict_images
+    from gasnas.models import load_network
 
     check_options(["torch"], args.device, "fp32")
     if not 0.0 <= args.alpha <= 1.0:

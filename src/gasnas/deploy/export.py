@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from gasnas import __version__
-from gasnas.deploy.models import IMAGENET_MEAN, IMAGENET_STD
 from gasnas.errors import GasnasError
 from gasnas.fileio import write_bytes_atomic as write_bytes
 from gasnas.latency.measure import quiet_export
 from gasnas.latency.timing import onnx_bytes, ort_session
+from gasnas.models import IMAGENET_MEAN, IMAGENET_STD
 
 ATOL = 1e-4
 MIN_AGREEMENT = 0.999

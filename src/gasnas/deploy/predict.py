@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gasnas.data import colorize
-from gasnas.deploy.models import IMAGENET_MEAN, IMAGENET_STD
 from gasnas.errors import GasnasError
 from gasnas.fileio import atomic_write as write_atomic
+from gasnas.models import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 STRIDE = 32

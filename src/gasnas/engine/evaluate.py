@@ -158,13 +158,13 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
     from gasnas.data import build_dataset, colorize
     from gasnas.data import palette as data_palette
-    from gasnas.deploy.models import load_trained
     from gasnas.engine.amp import check_amp
     from gasnas.engine.metrics import format_table, nan_to_none
     from gasnas.engine.runtime import configure_determinism, configure_tf32, resolve_device
     from gasnas.engine.sampling import eval_loader
     from gasnas.errors import GasnasError
     from gasnas.fileio import write_json_atomic
+    from gasnas.models import load_trained
 
     model, meta = load_trained(args.checkpoint)
     cfg = config_for_checkpoint(meta, args.config, args.overrides)

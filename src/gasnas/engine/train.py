@@ -9,7 +9,7 @@ weights as "train_model" to resume);
 evaluation on the val split every `train.eval_every` epochs and after the last one; `best.pt`
 (highest val mIoU) and `last.pt` (also resumable, also every `--ckpt-every-steps` steps).
 
-`gasnas train --peer NAME` trains a torchvision peer (deploy/models.py PEERS, no pretrained
+`gasnas train --peer NAME` trains a torchvision peer (models.py PEERS, no pretrained
 weights) with the very same loop, data, schedule and loss: the fair baseline for benchmarks.
 
 Both checkpoints keep {"genotype" (or "peer"), "model", "meta"} at the top level
@@ -179,7 +179,7 @@ class TrainRun:
         self.genotype_source = genotype_source
         torch.manual_seed(cfg.seed)
         if self.genotype is None:  # a peer's name
-            from gasnas.deploy.models import build_peer
+            from gasnas.models import build_peer
 
             self.model: nn.Module = build_peer(str(genotype), self.num_classes).train()
         else:
@@ -492,7 +492,7 @@ def prepare_train_dir(cfg: Config, genotype_path: str | Path | None, resume: str
             raise GasnasError(f"{out} already holds a training run: resume it with --resume {out}, "
                               "or train elsewhere with --set name=NEW_NAME (or --run-dir)")
         if peer is not None:
-            from gasnas.deploy.models import PEERS
+            from gasnas.models import PEERS
 
             if peer not in PEERS:
                 raise GasnasError(f"--peer {peer}: expected one of {', '.join(PEERS)}")

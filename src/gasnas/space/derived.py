@@ -24,7 +24,7 @@ def checkpoint_payload(model, meta: dict | None = None, **extra) -> dict:
 
     meta carries what inference needs without the dataset: class_names, palette, mean, std,
     and provenance (dataset, config, epoch, measured mIoU). Loads with weights_only=True.
-    A torchvision peer (`gasnas.deploy.models.build_peer`, trained with `gasnas train --peer`)
+    A torchvision peer (`gasnas.models.build_peer`, trained with `gasnas train --peer`)
     is recorded by its name under "peer" instead of a genotype.
     """
     peer = getattr(model, "peer", None)

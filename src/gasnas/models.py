@@ -1,5 +1,6 @@
-"""What `bench`, `export` and `predict` run: a derived net (from a genotype or a trained
-checkpoint) and the torchvision real-time peers it is compared against.
+"""The networks the engine trains and evaluates and deploy benchmarks, exports and predicts with:
+a derived net (from a genotype or a trained checkpoint) and the torchvision real-time peers it
+is compared against. Both engine/ and deploy/ import them from here, never from each other.
 
 The peers are built with `weights=None, weights_backbone=None` (nothing is downloaded) and the
 same number of classes as the derived net, wrapped so that `forward` returns the `out` tensor
