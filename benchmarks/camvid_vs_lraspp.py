@@ -485,8 +485,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gasnas.config import load_config
-    from gasnas.engine.evaluate import parse_scales
+    from gasnas.config import load_config, parse_scales
 
     args = parse_args(argv)
     out = Path(args.out).resolve()

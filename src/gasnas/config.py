@@ -549,6 +549,17 @@ def search_data_config(cfg: Config) -> DataConfig:
                                eval_size=cfg.search.eval_size or cfg.data.eval_size)
 
 
+def parse_scales(text: str) -> list[float]:
+    """`0.75,1,1.25` → [0.75, 1.0, 1.25] (--scales); anything else is a one-line error."""
+    try:
+        scales = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise GasnasError(f"--scales {text!r}: expected numbers separated by commas, e.g. 0.75,1,1.25") from None
+    if not scales or min(scales) <= 0:
+        raise GasnasError(f"--scales {text!r}: expected positive numbers, e.g. 0.75,1,1.25")
+    return scales
+
+
 def parse_size(text: str | list[int] | tuple[int, int], name: str = "--input") -> list[int]:
     """`360x480` (or [360, 480] from a config) → [360, 480] (height x width); anything else is
     a one-line error naming `name`."""

@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from gasnas.config import add_config_args
+from gasnas.config import add_config_args, parse_scales
+
+if TYPE_CHECKING:  # torch is imported inside the handlers: `gasnas --help` stays fast
+    import torch
 
 
 def _config(args: argparse.Namespace, resume_config: Path | None):
@@ -61,10 +65,94 @@ def _train(args: argparse.Namespace) -> int:
                                           show_progress=not args.no_progress, peer=args.peer))
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from gasnas.engine.evaluate import run_eval_command
+def config_for_checkpoint(meta: dict[str, Any], recipe: str | None, overrides: list[str]) -> Any:
+    """--config if given, else the config stored in the checkpoint's meta (+ --set)."""
+    from gasnas.config import apply_overrides, config_from_dict, load_config, validate
+    from gasnas.errors import GasnasError
 
-    return run_eval_command(args)
+    if recipe:
+        return load_config(recipe, overrides)
+    stored = meta.get("config")
+    if not isinstance(stored, dict):
+        raise GasnasError("the checkpoint does not record its config: pass --config RECIPE")
+    cfg = config_from_dict(apply_overrides(stored, overrides))
+    validate(cfg)
+    return cfg
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """`gasnas eval --checkpoint C`: rebuild the network from a trained checkpoint, evaluate one split,
+    print the per-class IoU table; `--save-preds DIR` writes colourised predictions."""
+    import numpy as np
+
+    from gasnas.data import build_dataset, colorize
+    from gasnas.data import palette as data_palette
+    from gasnas.engine.amp import check_amp
+    from gasnas.engine.evaluate import evaluate
+    from gasnas.engine.metrics import format_table, nan_to_none
+    from gasnas.engine.runtime import configure_determinism, configure_tf32, resolve_device
+    from gasnas.engine.sampling import eval_loader
+    from gasnas.errors import GasnasError
+    from gasnas.fileio import write_json_atomic
+    from gasnas.models import load_trained
+
+    model, meta = load_trained(args.checkpoint)
+    cfg = config_for_checkpoint(meta, args.config, args.overrides)
+    if hasattr(model, "set_input_padding"):  # weightless: the config (or --set) decides
+        model.set_input_padding(cfg.space.pad_to_stride)
+    configure_determinism(cfg.deterministic)
+    configure_tf32(cfg.tf32)
+    device = resolve_device(cfg.device)
+    check_amp(cfg.train.amp, device, "train.amp")
+    split = args.split or cfg.data.val_split
+    dataset = build_dataset(cfg.data, split, train=False)
+    names = list(meta.get("class_names") or getattr(dataset, "class_names", []) or [])
+    if getattr(dataset, "num_classes", model.num_classes) != model.num_classes:
+        raise GasnasError(f"{args.checkpoint}: the network predicts {model.num_classes} classes, the "
+                          f"{cfg.data.format} dataset at {cfg.data.root} has {dataset.num_classes}")
+    pal = np.asarray(meta["palette"], dtype=np.uint8) if meta.get("palette") else data_palette(cfg.data)
+    scales = parse_scales(args.scales)
+    model.to(device)
+
+    saver = None
+    if args.save_preds:
+        out_dir = Path(args.save_preds)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        examples: list[tuple[Any, Any, Any]] = []
+        pairs = getattr(dataset, "pairs", None)
+
+        def saver(i: int, image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor) -> None:
+            from PIL import Image
+
+            from gasnas.data import denormalize
+
+            stem = Path(pairs[i].image).stem if pairs is not None else f"{i:05d}"
+            Image.fromarray(colorize(pred.numpy(), pal)).save(out_dir / f"{stem}.png")
+            if len(examples) < 4:
+                img = (denormalize(image).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                examples.append((img, label.numpy(), pred.numpy()))
+
+    loader = eval_loader(dataset, workers=cfg.data.workers, batch_size=args.batch_size)
+    result = evaluate(model, loader, model.num_classes, cfg.data.ignore_index, flip=args.flip,
+                      scales=scales, class_names=names or None, on_prediction=saver,
+                      show_progress=True, amp=cfg.train.amp)
+    print(f"{args.checkpoint} on {cfg.data.format}:{cfg.data.root} split '{split}' "
+          f"({len(dataset)} images, flip={args.flip}, scales={scales})")
+    print(format_table(result))
+    if args.save_preds:
+        from gasnas.engine.runtime import safe_plot
+        from gasnas.viz import plot_predictions
+
+        if examples:
+            safe_plot(plot_predictions, [e[0] for e in examples], [e[1] for e in examples],
+                      [e[2] for e in examples], pal, Path(args.save_preds) / "examples.png")
+        print(f"predictions written to {args.save_preds}")
+    if args.json:
+        record = {k: v for k, v in result.items() if k != "confusion"}
+        record.update(confusion=result["confusion"].tolist(), checkpoint=str(args.checkpoint),
+                      split=split, flip=args.flip, scales=scales)
+        write_json_atomic(args.json, nan_to_none(record))
+    return 0
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:

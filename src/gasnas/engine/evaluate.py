@@ -6,13 +6,11 @@ distributed) and derives IoU per class, mIoU, pixel and mean accuracy from it
 both the ground truth and the predictions of the whole split has IoU NaN and does not enter the
 mean, as in the official Cityscapes evaluation.
 
-`gasnas eval --checkpoint C` rebuilds the network from a trained checkpoint, evaluates one split
-and prints the per-class IoU table; `--save-preds DIR` writes colourised predictions.
+`gasnas eval` (engine/commands.py) runs it on a trained checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -123,103 +121,50 @@ def logit_adjust_sweep(model: nn.Module, loader: DataLoader | Any, log_weights: 
     return [summarize(cm.cpu())["miou"] for cm in cms]
 
 
-# --------------------------------------------------------------------------- CLI
+def logit_adjust_checkpoint(path: Path, cfg: Any, device: torch.device,
+                            memory_format: torch.memory_format = torch.contiguous_format) -> dict[str, Any] | None:
+    """Post-hoc logit adjustment of a trained checkpoint, a step of its own after training
+    (`train.logit_adjust`): τ is chosen on every `train.logit_adjust_every`-th training image at
+    native scale (never on val), folded into the classifier's bias (logits are resized
+    bilinearly, so a per-class constant passes through unchanged), and the val split evaluated
+    again; the checkpoint is rewritten with the adjusted weights and a `logit_adjust` record in
+    its meta, which this returns. None when the checkpoint records one already."""
+    from torch.utils.data import Subset
 
-
-def parse_scales(text: str) -> list[float]:
-    from gasnas.errors import GasnasError
-
-    try:
-        scales = [float(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise GasnasError(f"--scales {text!r}: expected numbers separated by commas, e.g. 0.75,1,1.25") from None
-    if not scales or min(scales) <= 0:
-        raise GasnasError(f"--scales {text!r}: expected positive numbers, e.g. 0.75,1,1.25")
-    return scales
-
-
-def config_for_checkpoint(meta: dict[str, Any], recipe: str | None, overrides: list[str]) -> Any:
-    """--config if given, else the config stored in the checkpoint's meta (+ --set)."""
-    from gasnas.config import apply_overrides, config_from_dict, load_config, validate
-    from gasnas.errors import GasnasError
-
-    if recipe:
-        return load_config(recipe, overrides)
-    stored = meta.get("config")
-    if not isinstance(stored, dict):
-        raise GasnasError("the checkpoint does not record its config: pass --config RECIPE")
-    cfg = config_from_dict(apply_overrides(stored, overrides))
-    validate(cfg)
-    return cfg
-
-
-def run_eval_command(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from gasnas.data import build_dataset, colorize
-    from gasnas.data import palette as data_palette
-    from gasnas.engine.amp import check_amp
-    from gasnas.engine.metrics import format_table, nan_to_none
-    from gasnas.engine.runtime import configure_determinism, configure_tf32, resolve_device
+    from gasnas.data import build_dataset
+    from gasnas.engine import checkpoint as ckpt_io
+    from gasnas.engine.metrics import nan_to_none
     from gasnas.engine.sampling import eval_loader
     from gasnas.errors import GasnasError
-    from gasnas.fileio import write_json_atomic
-    from gasnas.models import load_trained
+    from gasnas.fileio import torch_load
+    from gasnas.space.derived import derived_from_checkpoint
 
-    model, meta = load_trained(args.checkpoint)
-    cfg = config_for_checkpoint(meta, args.config, args.overrides)
-    if hasattr(model, "set_input_padding"):  # weightless: the config (or --set) decides
-        model.set_input_padding(cfg.space.pad_to_stride)
-    configure_determinism(cfg.deterministic)
-    configure_tf32(cfg.tf32)
-    device = resolve_device(cfg.device)
-    check_amp(cfg.train.amp, device, "train.amp")
-    split = args.split or cfg.data.val_split
-    dataset = build_dataset(cfg.data, split, train=False)
-    names = list(meta.get("class_names") or getattr(dataset, "class_names", []) or [])
-    if getattr(dataset, "num_classes", model.num_classes) != model.num_classes:
-        raise GasnasError(f"{args.checkpoint}: the network predicts {model.num_classes} classes, the "
-                          f"{cfg.data.format} dataset at {cfg.data.root} has {dataset.num_classes}")
-    pal = np.asarray(meta["palette"], dtype=np.uint8) if meta.get("palette") else data_palette(cfg.data)
-    scales = parse_scales(args.scales)
-    model.to(device)
-
-    saver = None
-    if args.save_preds:
-        out_dir = Path(args.save_preds)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        examples: list[tuple[Any, Any, Any]] = []
-        pairs = getattr(dataset, "pairs", None)
-
-        def saver(i: int, image: torch.Tensor, label: torch.Tensor, pred: torch.Tensor) -> None:
-            from PIL import Image
-
-            from gasnas.data import denormalize
-
-            stem = Path(pairs[i].image).stem if pairs is not None else f"{i:05d}"
-            Image.fromarray(colorize(pred.numpy(), pal)).save(out_dir / f"{stem}.png")
-            if len(examples) < 4:
-                img = (denormalize(image).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-                examples.append((img, label.numpy(), pred.numpy()))
-
-    loader = eval_loader(dataset, workers=cfg.data.workers, batch_size=args.batch_size)
-    result = evaluate(model, loader, model.num_classes, cfg.data.ignore_index, flip=args.flip,
-                      scales=scales, class_names=names or None, on_prediction=saver,
-                      show_progress=True, amp=cfg.train.amp)
-    print(f"{args.checkpoint} on {cfg.data.format}:{cfg.data.root} split '{split}' "
-          f"({len(dataset)} images, flip={args.flip}, scales={scales})")
-    print(format_table(result))
-    if args.save_preds:
-        from gasnas.engine.runtime import safe_plot
-        from gasnas.viz import plot_predictions
-
-        if examples:
-            safe_plot(plot_predictions, [e[0] for e in examples], [e[1] for e in examples],
-                      [e[2] for e in examples], pal, Path(args.save_preds) / "examples.png")
-        print(f"predictions written to {args.save_preds}")
-    if args.json:
-        record = {k: v for k, v in result.items() if k != "confusion"}
-        record.update(confusion=result["confusion"].tolist(), checkpoint=str(args.checkpoint),
-                      split=split, flip=args.flip, scales=scales)
-        write_json_atomic(args.json, nan_to_none(record))
-    return 0
+    ck = torch_load(path)
+    meta = ck.get("meta") or {}
+    if "logit_adjust" in meta:
+        return None
+    if not meta.get("class_weights"):
+        raise GasnasError(f"{path}: logit adjustment needs a net trained with class weights (train.class_weighting)")
+    model, _ = derived_from_checkpoint(ck, path)
+    model.to(device=device, memory_format=memory_format)
+    data, workers = cfg.data, cfg.data.workers
+    calib_ds = build_dataset(data, data.train_split, train=False)  # native scale
+    calib = Subset(calib_ds, list(range(0, len(calib_ds), cfg.train.logit_adjust_every)))
+    log_w = torch.log(torch.tensor(meta["class_weights"], dtype=torch.float32))
+    sweep = logit_adjust_sweep(model, eval_loader(calib, workers=workers), log_w, LOGIT_ADJUST_TAUS,
+                               data.num_classes, data.ignore_index)
+    best = max(range(len(sweep)), key=lambda i: (sweep[i], -i))  # ties: the smaller τ
+    tau = LOGIT_ADJUST_TAUS[best]
+    with torch.no_grad():
+        model.head.classifier.bias.sub_(tau * log_w.to(device))
+    val_ds = build_dataset(data, data.val_split, train=False)
+    result = evaluate(model, eval_loader(val_ds, workers=workers), data.num_classes, data.ignore_index,
+                      class_names=meta.get("class_names"))
+    record = {"tau": tau, "calibration_images": len(calib),
+              "calibration_miou": {str(t): m for t, m in zip(LOGIT_ADJUST_TAUS, sweep)},
+              "val_miou_before": meta.get("miou")}
+    ck["model"] = model.state_dict()
+    ck["meta"].update(miou=result["miou"], pixel_acc=result["pixel_acc"], iou=nan_to_none(result["iou"]),
+                      logit_adjust=record)
+    ckpt_io.save(path, ck)
+    return dict(record, val_miou=result["miou"], val_pixel_acc=result["pixel_acc"])

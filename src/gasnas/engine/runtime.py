@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gasnas.engine import checkpoint as ckpt_io
 from gasnas.engine import distributed as D
 from gasnas.errors import GasnasError
 from gasnas.fileio import write_text_atomic
@@ -140,6 +141,63 @@ class StopSignal:
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old.clear()
+
+
+class EpochLoop:
+    """The plumbing a search and a training run share: the epoch loop with its stop signal
+    (honoured at a step boundary after a checkpoint), the resumable checkpoint written by the
+    main process only, and the resume checks. A run sets `ckpt_path`, `info`, `device`, `main`,
+    `run_dir`, `epoch`, `step`, `steps_per_epoch` and gives `checkpoint_state()`,
+    `_train_epoch(stop)` and `_end_epoch()` (which advances `epoch` and saves a checkpoint)."""
+
+    ckpt_path: Path
+    run_dir: Path
+    info: D.DistInfo
+    device: torch.device
+    main: bool
+    epoch: int
+    step: int
+    steps_per_epoch: int
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _train_epoch(self, stop: StopSignal) -> None:
+        raise NotImplementedError
+
+    def _end_epoch(self) -> None:
+        raise NotImplementedError
+
+    def save_checkpoint(self) -> Path:
+        """Write `checkpoint_state()` to `ckpt_path` (atomically, main process); every rank waits."""
+        if self.main:
+            ckpt_io.save(self.ckpt_path, self.checkpoint_state())
+        D.barrier(self.info)
+        return self.ckpt_path
+
+    def _check_stop(self, stop: StopSignal) -> None:
+        """After a stop was asked for on any rank: save a checkpoint here and stop the run."""
+        if D.any_rank(stop.requested, self.info, self.device):
+            path = self.save_checkpoint()
+            raise RunInterrupted(path, ckpt_io.position_text(self.epoch, self.step), stop.signum)
+
+    def _check_resumable(self, ck: dict[str, Any], why: str = "") -> None:
+        """A checkpoint resumes only where an epoch has as many steps as it had."""
+        if ck.get("steps_per_epoch") != self.steps_per_epoch:
+            raise GasnasError(f"{self.ckpt_path}: {ck.get('steps_per_epoch')} steps per epoch in the "
+                              f"checkpoint, {self.steps_per_epoch} with this config{why}")
+
+    def _resumed(self, ck: dict[str, Any]) -> None:
+        """Take the checkpoint's position (epoch, step, RNG states) and say so."""
+        ckpt_io.restore_position(self, ck)
+        log(f"resumed {self.run_dir} at {ckpt_io.position_text(self.epoch, self.step)}", self.main)
+
+    def _run_epochs(self, epochs: int) -> None:
+        with StopSignal(verbose=self.main) as stop:
+            while self.epoch < epochs:
+                self._train_epoch(stop)
+                self._end_epoch()
+                self._check_stop(stop)
 
 
 def check_finite(value: float, what: str, epoch: int, step: int, last_good: Path | None) -> None:

@@ -44,9 +44,9 @@ from gasnas.engine.evaluate import evaluate
 from gasnas.engine.losses import build_criterion
 from gasnas.engine.relaxation import temperature
 from gasnas.engine.runtime import (
+    EpochLoop,
     MetricsLog,
     PlotThrottle,
-    RunInterrupted,
     Runtime,
     StopSignal,
     check_finite,
@@ -217,7 +217,7 @@ def shared_lut(cfg: Config, run_dir: Path, num_classes: int, info: D.DistInfo,
     return table, replace(cfg.latency, allow_foreign_lut=True)  # rank 0 has checked it
 
 
-class SearchRun:
+class SearchRun(EpochLoop):
     """State and loop of one search run (use `run_search`)."""
 
     def __init__(self, cfg: Config, rt: Runtime, run_dir: Path, resume: dict[str, Any] | None,
@@ -337,7 +337,7 @@ class SearchRun:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state(self) -> dict[str, Any]:
+    def checkpoint_state(self) -> dict[str, Any]:
         return {
             "kind": "search",
             "config": self.cfg.to_dict(),
@@ -358,20 +358,11 @@ class SearchRun:
             "rng": ckpt_io.rng_state(),
         }
 
-    def save_checkpoint(self) -> Path:
-        if self.main:
-            ckpt_io.save(self.ckpt_path, self.state())
-        D.barrier(self.info)
-        return self.ckpt_path
-
     def _restore(self, ck: dict[str, Any]) -> None:
         if ck["config"].get("space") != asdict(self.cfg.space):
             raise GasnasError(f"{self.ckpt_path}: the checkpoint's search space differs from the config's; "
                               "resume with the run's own config.yaml")
-        if ck.get("steps_per_epoch") != self.steps_per_epoch:
-            raise GasnasError(f"{self.ckpt_path}: {ck.get('steps_per_epoch')} steps per epoch in the "
-                              f"checkpoint, {self.steps_per_epoch} with this config (batch size, data "
-                              "or search.max_steps_per_epoch changed)")
+        self._check_resumable(ck, " (batch size, data or search.max_steps_per_epoch changed)")
         self.supernet.load_state_dict(ck["supernet"])
         self.w_optimizer.load_state_dict(ck["w_optimizer"])
         self.architect.load_state_dict(ck["a_optimizer"])
@@ -381,27 +372,13 @@ class SearchRun:
         self.relaxation.load_state_dict(ck.get("relaxation", {}))
         self.previous_edges = ck.get("previous_edges")
         self.calm.load_state_dict(ck.get("calm_latency", {}))
-        ckpt_io.restore_position(self, ck)
-        log(f"resumed {self.run_dir} at {ckpt_io.position_text(self.epoch, self.step)}", self.main)
+        self._resumed(ck)
 
     # ------------------------------------------------------------------ loop
 
     def run(self) -> Path:
-        sc = self.cfg.search
-        with StopSignal(verbose=self.main) as stop:
-            while self.epoch < sc.epochs:
-                self._train_epoch(stop)
-                self._end_epoch()
-                self.epoch, self.step = self.epoch + 1, 0
-                self.accum = _new_accum()
-                self.save_checkpoint()
-                self._check_stop(stop)
+        self._run_epochs(self.cfg.search.epochs)
         return self._finish()
-
-    def _check_stop(self, stop: StopSignal) -> None:
-        if D.any_rank(stop.requested, self.info, self.device):
-            path = self.save_checkpoint()
-            raise RunInterrupted(path, ckpt_io.position_text(self.epoch, self.step), stop.signum)
 
     def _train_epoch(self, stop: StopSignal) -> None:
         sc, e = self.cfg.search, self.epoch
@@ -541,6 +518,9 @@ class SearchRun:
                 f"α' spread {row['alpha_spread_mean'] or 0:.3f} (top-2 margin {row['alpha_margin_mean'] or 0:.3f}), edges changed {moved}, "
                 f"skip {100 * row['skip_share']:.0f}%", True)
         D.barrier(self.info)
+        self.epoch, self.step = e + 1, 0
+        self.accum = _new_accum()
+        self.save_checkpoint()
 
     def _provenance(self, epoch: int) -> dict[str, Any]:
         cfg = self.cfg

@@ -42,9 +42,9 @@ from gasnas.engine.evaluate import evaluate
 from gasnas.engine.losses import SoftDice, build_criterion, class_weights
 from gasnas.engine.metrics import nan_to_none
 from gasnas.engine.runtime import (
+    EpochLoop,
     MetricsLog,
     PlotThrottle,
-    RunInterrupted,
     Runtime,
     StopSignal,
     check_finite,
@@ -141,7 +141,7 @@ def _new_accum() -> dict[str, float]:
     return {"loss": 0.0, "n": 0}
 
 
-class TrainRun:
+class TrainRun(EpochLoop):
     """State and loop of one training run (use `run_train`)."""
 
     def __init__(self, cfg: Config, rt: Runtime, run_dir: Path, genotype: Any, genotype_source: str,
@@ -154,7 +154,7 @@ class TrainRun:
         self.info, self.device, self.main = rt.dist, rt.device, rt.main
         self.ckpt_every = int(ckpt_every_steps or 0)
         self.show = show_progress and self.main
-        self.last_path, self.best_path = run_dir / LAST, run_dir / BEST
+        self.ckpt_path, self.best_path = run_dir / LAST, run_dir / BEST
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.main, tensorboard=cfg.tensorboard)
         tc = cfg.train
 
@@ -256,22 +256,17 @@ class TrainRun:
                 extra["train_model"] = self.model.state_dict()
         return checkpoint_payload(self.eval_model, self.meta(), **extra)
 
-    def save_last(self) -> Path:
-        if self.main:
-            ckpt_io.save(self.last_path, self.payload(True))
-        D.barrier(self.info)
-        return self.last_path
+    def checkpoint_state(self) -> dict[str, Any]:
+        return self.payload(True)
 
     def _restore(self, ck: dict[str, Any]) -> None:
-        if ck.get("steps_per_epoch") != self.steps_per_epoch:
-            raise GasnasError(f"{self.last_path}: {ck.get('steps_per_epoch')} steps per epoch in the "
-                              f"checkpoint, {self.steps_per_epoch} with this config")
+        self._check_resumable(ck)
         try:
             self.model.load_state_dict(ck.get("train_model", ck["model"]))
             if self.ema is not None:  # a run saved without EMA starts its average here
                 self.ema.module.load_state_dict(ck["model"])
         except RuntimeError as exc:
-            raise GasnasError(f"{self.last_path}: weights do not match the network "
+            raise GasnasError(f"{self.ckpt_path}: weights do not match the network "
                               f"({str(exc).splitlines()[0]})") from None
         self.optimizer.load_state_dict(ck["optimizer"])
         self.amp.load_state_dict(ck.get("scaler"))
@@ -279,18 +274,13 @@ class TrainRun:
             self.best_miou, self.best_epoch = float(ck["best_miou"]), ck.get("best_epoch")
         meta = ck.get("meta") or {}
         self.last_eval = {k: meta.get(k) for k in self.last_eval}
-        ckpt_io.restore_position(self, ck)
-        log(f"resumed {self.run_dir} at {ckpt_io.position_text(self.epoch, self.step)}", self.main)
+        self._resumed(ck)
 
     # ------------------------------------------------------------------ loop
 
     def run(self) -> Path:
         tc = self.cfg.train
-        with StopSignal(verbose=self.main) as stop:
-            while self.epoch < tc.epochs:
-                self._train_epoch(stop)
-                self._end_epoch()
-                self._check_stop(stop)
+        self._run_epochs(tc.epochs)
         if tc.logit_adjust and self.main:
             self._logit_adjust()
         if self.main:
@@ -299,58 +289,24 @@ class TrainRun:
         return self.best_path
 
     def _logit_adjust(self) -> None:
-        """Post-hoc logit adjustment of best.pt (`train.logit_adjust`; engine/evaluate.py
-        `logit_adjust_sweep`): τ from every k-th training image at native scale, folded into the
-        classifier's bias (logits are resized bilinearly, so a per-class constant passes through
-        unchanged), then the val split evaluated again. Runs on the main process only, after the
-        last epoch; a best.pt that already records it (a resumed run) is left as it is."""
-        from torch.utils.data import Subset
+        """`train.logit_adjust`: the post-training step of engine/evaluate.py
+        `logit_adjust_checkpoint` on best.pt, logged with the run's metrics."""
+        from gasnas.engine.evaluate import logit_adjust_checkpoint
 
-        from gasnas.data import build_dataset
-        from gasnas.engine.evaluate import LOGIT_ADJUST_TAUS, logit_adjust_sweep
-        from gasnas.fileio import torch_load
-        from gasnas.space.derived import derived_from_checkpoint
-
-        tc = self.cfg.train
         if self.genotype is None or self.class_weights is None:
             log("train.logit_adjust: only for a gasnas net trained with class weights; skipped", True)
             return
-        ck = torch_load(self.best_path)
-        if "logit_adjust" in (ck.get("meta") or {}):
+        record = logit_adjust_checkpoint(self.best_path, self.cfg, self.device, self.memory_format)
+        if record is None:  # a resumed run whose best.pt records it already
             return
-        model, _ = derived_from_checkpoint(ck, self.best_path)
-        model.to(device=self.device, memory_format=self.memory_format)
-        calib_ds = build_dataset(self.cfg.data, self.cfg.data.train_split, train=False)  # native scale
-        calib = Subset(calib_ds, list(range(0, len(calib_ds), tc.logit_adjust_every)))
-        log_w = torch.log(torch.tensor(self.class_weights, dtype=torch.float32))
-        sweep = logit_adjust_sweep(model, eval_loader(calib, workers=self.cfg.data.workers), log_w,
-                                   LOGIT_ADJUST_TAUS, self.num_classes, self.cfg.data.ignore_index)
-        best = max(range(len(sweep)), key=lambda i: (sweep[i], -i))  # ties: the smaller τ
-        tau = LOGIT_ADJUST_TAUS[best]
-        with torch.no_grad():
-            model.head.classifier.bias.sub_(tau * log_w.to(self.device))
-        before = ck["meta"].get("miou")
-        result = evaluate(model, eval_loader(self.val_ds, workers=self.cfg.data.workers), self.num_classes,
-                          self.cfg.data.ignore_index, class_names=self.class_names)
-        record = {"tau": tau, "calibration_images": len(calib),
-                  "calibration_miou": {str(t): m for t, m in zip(LOGIT_ADJUST_TAUS, sweep)},
-                  "val_miou_before": before}
-        ck["model"] = model.state_dict()
-        ck["meta"].update(miou=result["miou"], pixel_acc=result["pixel_acc"], iou=nan_to_none(result["iou"]),
-                          logit_adjust=record)
-        ckpt_io.save(self.best_path, ck)
-        self.best_miou = result["miou"]
-        self.metrics.append({"logit_adjust_tau": tau, "calibration_miou": record["calibration_miou"],
-                             "val_miou_before": before, "val_miou": result["miou"],
-                             "val_pixel_acc": result["pixel_acc"]})
-        log(f"logit adjustment: tau {tau} (mIoU on {len(calib)} training images "
-            f"{100 * sweep[0]:.2f} -> {100 * sweep[best]:.2f}); val mIoU "
-            f"{100 * (before or 0):.2f} -> {100 * result['miou']:.2f}", True)
-
-    def _check_stop(self, stop: StopSignal) -> None:
-        if D.any_rank(stop.requested, self.info, self.device):
-            path = self.save_last()
-            raise RunInterrupted(path, ckpt_io.position_text(self.epoch, self.step), stop.signum)
+        self.best_miou = record["val_miou"]
+        self.metrics.append({"logit_adjust_tau": record["tau"], "calibration_miou": record["calibration_miou"],
+                             "val_miou_before": record["val_miou_before"], "val_miou": record["val_miou"],
+                             "val_pixel_acc": record["val_pixel_acc"]})
+        calib = record["calibration_miou"]
+        log(f"logit adjustment: tau {record['tau']} (mIoU on {record['calibration_images']} training images "
+            f"{100 * calib['0.0']:.2f} -> {100 * calib[str(record['tau'])]:.2f}); "
+            f"val mIoU {100 * (record['val_miou_before'] or 0):.2f} -> {100 * record['val_miou']:.2f}", True)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """OHEM cross-entropy (+ dice_weight · soft Dice) on the logits, + aux_weight · the
@@ -385,7 +341,7 @@ class TrainRun:
                 loss = self.loss(images, labels)
             self.amp.backward(loss)
             value = float(D.global_mean(loss.detach().float(), self.info))
-            check_finite(value, "training loss", e, self.step, self.last_path)
+            check_finite(value, "training loss", e, self.step, self.ckpt_path)
             D.average_gradients(params, self.info)
             self.amp.step(self.optimizer)
             if self.ema is not None:
@@ -397,7 +353,7 @@ class TrainRun:
             if self.show:
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
             if self.ckpt_every and self.global_step % self.ckpt_every == 0 and self.step < self.steps_per_epoch:
-                self.save_last()
+                self.save_checkpoint()
             self._check_stop(stop)
 
     def _end_epoch(self) -> None:
@@ -431,7 +387,7 @@ class TrainRun:
             self.metrics.append(row)
             if self.plot_throttle.due(force=result is not None):
                 self._plots(result is not None)
-        self.save_last()
+        self.save_checkpoint()
 
     def _plots(self, evaluated: bool) -> None:
         from gasnas import viz
