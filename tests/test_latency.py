@@ -332,6 +332,26 @@ def test_calm_latency_scales_ratios_by_the_calmest_reference(monkeypatch) -> Non
     assert restored.ms(genotype_signature(a)) == pytest.approx(8.0)
 
 
+def test_search_timers_share_one_interface() -> None:
+    """search.measure_isolated picks the timer; the in-process one times here, leaves the global
+    RNG alone, has no reference (ratio None) and reports what the epoch logged."""
+    from gasnas.latency.isolated import CalmLatency
+    from gasnas.latency.timers import InProcessLatency, derived_net_timer
+
+    assert isinstance(derived_net_timer(LAT, 1, True, 2), CalmLatency)
+    timer = derived_net_timer(LAT, 1, False, 2)
+    assert isinstance(timer, InProcessLatency)
+    state = torch.random.get_rng_state()
+    ms = timer.measure(one_op_genotype("conv_3x3"))
+    assert 0 < ms < 10_000 and torch.equal(torch.random.get_rng_state(), state)
+    assert timer.ratio(one_op_genotype("conv_3x3")) is None
+    assert timer.final_ms(7.5, 0.5) == 7.5 and timer.state_dict() == {}
+    calm = CalmLatency(LAT, threads=1)
+    assert calm.final_ms(7.5, None) == 7.5 and calm.final_ms(7.5, 0.5) == 7.5  # no reference timed yet
+    calm.reference_calm_ms = 8.0
+    assert calm.final_ms(7.5, 0.5) == 4.0
+
+
 # --------------------------------------------------------------------------- sampling, validate
 
 

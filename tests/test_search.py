@@ -153,10 +153,14 @@ def test_target_mode_adapts_lambda_every_step_from_the_calibrated_derived_net(tm
 
 
 def test_final_genotype_selection_with_a_target() -> None:
+    from gasnas.config import LatencyConfig
+    from gasnas.latency.isolated import CalmLatency
+    from gasnas.latency.timers import InProcessLatency
+
     def fake(rows, loss="target", target=10.0):
         lat = SimpleNamespace(loss=loss, target_ms=target)
         return SimpleNamespace(metrics=SimpleNamespace(rows=lambda: rows), run_dir=Path("r"), main=False,
-                               cfg=SimpleNamespace(latency=lat))
+                               cfg=SimpleNamespace(latency=lat), timer=InProcessLatency(lat))
 
     rows = [{"epoch": 1, "phase": "warmup", "genotype": "g1", "measured_ms": 10.0, "predicted_ms": 9},
             {"epoch": 2, "phase": "search", "genotype": "g2", "measured_ms": 10.5, "predicted_ms": 9},
@@ -168,7 +172,8 @@ def test_final_genotype_selection_with_a_target() -> None:
     # with calm-phase ratios, the end-of-search reference scale decides, not the logged ms
     scaled = [{**r, "latency_ratio": r["measured_ms"] / 20.0} for r in rows]
     run = fake(scaled)
-    run.calm = SimpleNamespace(reference_calm_ms=20.0 * 10.0 / 12.0)  # calmer: 12 ms now reads 10
+    run.timer = CalmLatency(LatencyConfig(), threads=1)
+    run.timer.reference_calm_ms = 20.0 * 10.0 / 12.0  # calmer: 12 ms now reads 10
     assert SearchRun.select_final(run)[0] == 4
     assert SearchRun.measured_ms(run, scaled[3]) == pytest.approx(10.0)
 

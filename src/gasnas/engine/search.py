@@ -227,7 +227,7 @@ class SearchRun(EpochLoop):
         from gasnas.engine.relaxation import Relaxation
         from gasnas.latency import LatencyEstimator
         from gasnas.latency.budget import LatencyBudget
-        from gasnas.latency.isolated import CalmLatency
+        from gasnas.latency.timers import derived_net_timer
         from gasnas.space.supernet import Supernet
 
         self.cfg, self.rt, self.run_dir = cfg, rt, run_dir
@@ -297,7 +297,8 @@ class SearchRun(EpochLoop):
         self.accum = _new_accum()
         self.previous_edges: list[Any] | None = None  # the last epoch's, for the share of changed edges
         threads = lc.threads or lut.env.get("threads") or torch.get_num_threads()
-        self.calm = CalmLatency(lc, int(threads), sc.measure_rounds)  # derived nets' latency, one scale
+        # how derived nets are timed (latency/timers.py): a fresh process on the calm-phase scale, or here
+        self.timer = derived_net_timer(lc, int(threads), sc.measure_isolated, sc.measure_rounds)
         self.plot_throttle = PlotThrottle()
         if resume is not None:
             self._restore(resume)  # restores the budget too
@@ -349,7 +350,7 @@ class SearchRun(EpochLoop):
             "budget": self.budget.state_dict(),
             "relaxation": self.relaxation.state_dict(),
             "previous_edges": self.previous_edges,
-            "calm_latency": self.calm.state_dict(),
+            "calm_latency": self.timer.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "global_step": self.global_step,
@@ -371,7 +372,7 @@ class SearchRun(EpochLoop):
         self.budget.load_state_dict(ck.get("budget", {}))
         self.relaxation.load_state_dict(ck.get("relaxation", {}))
         self.previous_edges = ck.get("previous_edges")
-        self.calm.load_state_dict(ck.get("calm_latency", {}))
+        self.timer.load_state_dict(ck.get("calm_latency", {}))
         self._resumed(ck)
 
     # ------------------------------------------------------------------ loop
@@ -427,19 +428,9 @@ class SearchRun(EpochLoop):
             self._check_stop(stop)
 
     def _measure(self, genotype: Any) -> float | None:
-        """Measured latency of the derived net on rank 0 (shared with the others). With
-        `search.measure_isolated`: timed in a fresh subprocess beside a reference net, once per
-        distinct genotype, on the calm-phase scale of latency/isolated.py `CalmLatency`."""
-        from gasnas.latency import measure_genotype_ms
-
-        sc = self.cfg.search
-        ms = None
-        if sc.measure_derived and self.main:
-            if sc.measure_isolated:
-                ms = self.calm.measure(genotype)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    ms = float(measure_genotype_ms(genotype, self.cfg.latency))
+        """Measured latency of the derived net on rank 0 (shared with the others), by the run's
+        timer (latency/timers.py)."""
+        ms = self.timer.measure(genotype) if self.cfg.search.measure_derived and self.main else None
         return D.broadcast_object(ms, self.info)
 
     def _end_epoch(self) -> None:
@@ -492,7 +483,7 @@ class SearchRun(EpochLoop):
             "measured_ms": measured,
             # the measured net's latency / the reference net's: select_final re-scales it with
             # the reference's calmest timing at the end of the search
-            "latency_ratio": self.calm.ratio(genotype) if measured is not None else None,
+            "latency_ratio": self.timer.ratio(genotype) if measured is not None else None,
             "val_miou": result["miou"],
             "val_pixel_acc": result["pixel_acc"],
             "alpha_entropy": entropy,
@@ -560,12 +551,7 @@ class SearchRun(EpochLoop):
     def measured_ms(self, row: dict[str, Any]) -> float | None:
         """An epoch's measured latency as known at the end: its ratio to the reference net times
         the reference's calmest timing of the whole search (else the logged number)."""
-        from gasnas.latency.isolated import calm_ms
-
-        calm = getattr(self, "calm", None)
-        if row.get("latency_ratio") is not None and calm is not None and math.isfinite(calm.reference_calm_ms):
-            return calm_ms(row["latency_ratio"], calm.reference_calm_ms)
-        return row.get("measured_ms")
+        return self.timer.final_ms(row.get("measured_ms"), row.get("latency_ratio"))
 
     def select_final(self) -> tuple[int, dict[str, Any]]:
         """Which epoch's genotype becomes genotype.json: the last one, except with a latency

@@ -146,6 +146,12 @@ class CalmLatency:
     def ms(self, signature: str) -> float:
         return calm_ms(self.ratios[signature], self.reference_calm_ms)
 
+    def final_ms(self, measured_ms: float | None, ratio: float | None) -> float | None:
+        """An epoch's latency re-scaled by the reference's calmest timing of the whole search."""
+        if ratio is not None and math.isfinite(self.reference_calm_ms):
+            return calm_ms(ratio, self.reference_calm_ms)
+        return measured_ms
+
     def state_dict(self) -> dict[str, Any]:
         return {"reference": self.reference.to_dict() if self.reference is not None else None,
                 "reference_calm_ms": self.reference_calm_ms, "ratios": dict(self.ratios)}
