@@ -4,8 +4,8 @@ Stages (each skipped when its output exists, so a rerun continues where it stopp
 command is printed before it runs; every stage, commands and in-process timings alike, runs under
 `--lock`'s exclusive flock):
 1. budget: LR-ASPP (`lraspp_mobilenet_v3_large`, random weights) timed at the recipe's
-   latency.input_size, batch 1, `--threads`: T = `--target-ratio` × its median
-   (OUT/lraspp_budget.json). `--target-ms T` gives T directly; `--genotype` needs no budget.
+   latency.input_size, batch 1, `--threads`: T = `--target-ratio` × its calmest round's median
+   (OUT/lraspp_budget.json), the calm-phase scale on which the search reports its derived nets. `--target-ms T` gives T directly; `--genotype` needs no budget.
 2. search: `gasnas search -c RECIPE --target-ms T --set out_dir=OUT --set name=search
    --set latency.threads=N ...` → OUT/search/genotype.json. `--genotype PATH` skips it and
    trains that genotype instead (summary.json says which: "searched" or the path).
@@ -142,8 +142,9 @@ def stage_budget(args: argparse.Namespace, out: Path, cfg: Any) -> dict[str, Any
         size = parse_size(cfg.latency.input_size, "latency.input_size")
         print(f"# budget: {PEER} timed at {size[0]}x{size[1]}, {args.threads} threads", flush=True)
         with exclusive(args.lock):
-            ms = time_nets({"lraspp": build_peer(PEER, cfg.data.num_classes)}, size, ("torch",), args.threads,
-                           args.rounds, args.repeats)["lraspp"]["torch"]["median_ms"]
+            # the calmest round: the scale a search reports its derived nets' latency on (latency/isolated.py)
+            ms = min(time_nets({"lraspp": build_peer(PEER, cfg.data.num_classes)}, size, ("torch",), args.threads,
+                               args.rounds, args.repeats)["lraspp"]["torch"]["round_medians_ms"])
         _save_json(path, {"lraspp_ms": ms, "input_size": size, "threads": args.threads,
                           "rounds": args.rounds, "repeats": args.repeats})
     measured = json.loads(path.read_text())
