@@ -26,6 +26,7 @@ from gasnas.space.network import plan_cells
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import camvid_vs_lraspp as camvid_driver  # noqa: E402
 import supernet_step  # noqa: E402
+import train_throughput  # noqa: E402
 
 
 class CountZeroMul(TorchFunctionMode):
@@ -215,3 +216,25 @@ def test_camvid_driver_given_genotype_needs_no_budget_and_guards_its_folder(tmp_
     other = tiny_genotype(tmp_path / "other.json", op="sep_conv_3x3")
     with pytest.raises(SystemExit, match="use another --out"):
         camvid_driver.main([*_camvid_argv(tmp_path, out), "--genotype", str(other)])
+
+
+def test_train_throughput_reports_both_nets_and_the_schedule(tmp_path: Path, single_thread) -> None:
+    from gasnas.config import load_config
+    from gasnas.space.genotype import derive_genotype
+    from gasnas.space.supernet import Supernet
+
+    cfg = load_config("demo")
+    genotype = derive_genotype(Supernet(cfg.space, cfg.data.num_classes, fast=False))
+    path = genotype.save(tmp_path / "g.json")
+    out = tmp_path / "throughput.json"
+    assert train_throughput.main(["--config", "demo", "-g", str(path), "--set", "data.crop_size=[32,48]",
+                                  "--set", "train.batch_size=2", "--threads", "1", "--rounds", "2",
+                                  "--steps", "1", "--warmup", "0", "--n-train", "10", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    peer = "lraspp_mobilenet_v3_large"
+    assert set(report["images_per_s"]) == {"gasnas", peer}
+    assert all(len(v) == 2 and min(v) > 0 for v in report["round_images_per_s"].values())
+    assert report["ratio_gasnas_to_peer"] == report["images_per_s"]["gasnas"] / report["images_per_s"][peer]
+    epochs = load_config("demo").train.epochs
+    assert report["schedule_minutes"]["gasnas"] == pytest.approx(epochs * 10 / report["images_per_s"]["gasnas"] / 60)
+

@@ -177,7 +177,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train a derived network from scratch → best.pt / last.pt",
                        description="Train the network of a genotype; writes cfg.run_dir/train.")
-    p.add_argument("--genotype", "-g", default=None, help="genotype.json written by gasnas search")
+    p.add_argument("--genotype", "-g", default=None,
+                   help="genotype.json written by gasnas search, or a shipped genotype's name (configs/genotypes)")
     p.add_argument("--peer", default=None, metavar="NAME",
                    help="train a torchvision peer instead (lraspp_mobilenet_v3_large, ...; no pretrained "
                         "weights) with the same recipe: the baseline for benchmarks")

@@ -428,7 +428,7 @@ def prepare_train_dir(cfg: Config, genotype_path: str | Path | None, resume: str
                       run_dir: str | Path | None, rt: Runtime, peer: str | None = None,
                       ) -> tuple[Path, Any, str, dict[str, Any] | None]:
     """(run folder, genotype (or a peer's name), where it came from, checkpoint to resume or None)."""
-    from gasnas.space.genotype import Genotype
+    from gasnas.space.genotype import Genotype, resolve_genotype
 
     genotype: Any
     if resume is not None:
@@ -454,7 +454,7 @@ def prepare_train_dir(cfg: Config, genotype_path: str | Path | None, resume: str
                 raise GasnasError(f"--peer {peer}: expected one of {', '.join(PEERS)}")
             genotype, source = peer, f"peer:{peer}"
         else:
-            genotype, source = Genotype.load(genotype_path), str(genotype_path)
+            genotype, source = Genotype.load(genotype_path), str(resolve_genotype(genotype_path))
         ck = None
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from gasnas import __version__
-from gasnas.config import SpaceConfig, build_dataclass
+from gasnas.config import RECIPE_DIR, SpaceConfig, build_dataclass
 from gasnas.errors import GasnasError
 from gasnas.fileio import read_json, write_json_atomic
 from gasnas.space.cell import edge_index
@@ -61,6 +61,8 @@ class Genotype:
 
     @classmethod
     def load(cls, path: str | Path) -> Genotype:
+        """A genotype file, or the name of one shipped in gasnas/configs/genotypes."""
+        path = resolve_genotype(path)
         return _parse(read_json(path, "genotype file"), str(path))
 
     def op_counts(self) -> dict[str, int]:
@@ -69,6 +71,26 @@ class Genotype:
             for _, _, op in cell.edges:
                 counts[op] = counts.get(op, 0) + 1
         return counts
+
+
+SHIPPED_GENOTYPES = RECIPE_DIR / "genotypes"
+
+
+def shipped_genotypes() -> list[str]:
+    """Names of the genotypes shipped with gasnas (each with its search and training provenance)."""
+    return sorted(p.stem for p in SHIPPED_GENOTYPES.glob("*.json"))
+
+
+def resolve_genotype(name: str | Path) -> Path:
+    """An existing path as it is; else a shipped genotype's name (`camvid-...`, with or without
+    `.json`); else the path itself, so that reading it names the missing file."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for cand in (SHIPPED_GENOTYPES / f"{p.name}.json", SHIPPED_GENOTYPES / p.name):
+        if p.parent == Path(".") and cand.is_file():
+            return cand
+    return p
 
 
 def _parse(data: Any, source: str) -> Genotype:
