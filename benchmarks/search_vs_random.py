@@ -4,7 +4,7 @@ Stages (each skipped when its output exists, so an interrupted protocol continue
 command is printed before it runs and runs under `flock -x LOCK` with `--lock`, and so do the
 in-process stages):
   a. searches: `gasnas search -c CONFIG --set name=V-R-sS --set out_dir=OUT --set seed=S ...` per
-     GGM variant V × relaxation R × seed S (variants: adjacent = space.ggm.mode=adjacent, none,
+     GGM variant V × relaxation R (RELAXATIONS) × seed S (variants: adjacent = space.ggm.mode=adjacent, none,
      global, shared = space.alpha_sharing=shared with the adjacent GGM). Every search after the
      first reads the first one's table (latency.lut=OUT/<first>/lut.json; `--no-shared-lut` to
      let each measure its own), so all predicted latencies are in one table's units.
@@ -22,7 +22,7 @@ in-process stages):
 Report: OUT/summary.json, OUT/summary.md, OUT/mIoU_vs_latency.png.
 
     python benchmarks/search_vs_random.py --config camvid --out runs/search-vs-random \
-        --variants adjacent none global shared --relaxations gumbel --seeds-adjacent 3 \
+        --variants adjacent none global shared --relaxations gumbel gdas --seeds-adjacent 3 \
         --seeds-other 2 --random 10 --train-epochs 12 --train-crop 180x240 --retrain-seeds 2 \
         --lock /tmp/gasnas-cpu.lock
 """
@@ -49,7 +49,14 @@ VARIANTS: dict[str, list[str]] = {
     "global": ["space.ggm.mode=global"],
     "shared": ["space.alpha_sharing=shared", "space.ggm.mode=adjacent"],
 }
-RELAXATIONS = ("softmax", "gumbel")
+# how each search relaxes the op choice: the recipe's own sampled search (`gumbel`), DARTS's
+# mixture (`softmax`), and GDAS as published (`gdas`: weights on paths drawn from alpha, the
+# drawn op's gradient only), the ablation of the pair gradient and uniform weight paths
+RELAXATIONS: dict[str, list[str]] = {
+    "gumbel": ["search.relaxation=gumbel"],
+    "softmax": ["search.relaxation=softmax"],
+    "gdas": ["search.relaxation=gumbel", "search.path_gradient=sampled", "search.weight_path=alpha"],
+}
 PEER = "lraspp_mobilenet_v3_large"
 # --quick: every stage at toy size (a smoke test of the protocol, not a measurement)
 QUICK_SETS = ["search.epochs=2", "search.warmup_epochs=1", "search.max_steps_per_epoch=2",
@@ -145,7 +152,7 @@ def stage_searches(args: argparse.Namespace, out: Path, runs: list[dict[str, Any
             cmd = ["search", "--resume", str(run_dir), "--no-progress"]
         else:
             sets = [*common, f"name={r['name']}", f"out_dir={out}", f"seed={r['seed']}", *VARIANTS[r["variant"]],
-                    f"search.relaxation={r['relaxation']}"]
+                    *RELAXATIONS[r["relaxation"]]]
             if args.shared_lut and not user_lut and r is not runs[0] and first_lut.is_file():
                 sets.append(f"latency.lut={first_lut}")
             cmd = ["search", "-c", args.config, "--no-progress", *_sets(sets)]
@@ -420,7 +427,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--config", default="camvid")
     ap.add_argument("--out", default="runs/search-vs-random")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    ap.add_argument("--relaxations", nargs="+", choices=RELAXATIONS, default=["gumbel"])
+    ap.add_argument("--relaxations", nargs="+", choices=sorted(RELAXATIONS), default=["gumbel"])
     ap.add_argument("--seeds-adjacent", type=int, default=None, help=f"default {DEFAULTS['seeds_adjacent']}")
     ap.add_argument("--seeds-other", type=int, default=None, help=f"default {DEFAULTS['seeds_other']}")
     ap.add_argument("--random", type=int, default=None, help=f"random genotypes (default {DEFAULTS['random']})")
