@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per net per round")
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per net first (compilation included)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the derived net under torch.compile (train.compile), a third net")
     ap.add_argument("--n-train", type=int, default=None,
                     help="training images per epoch for the budget (default: the split's size)")
     ap.add_argument("--out", type=Path, default=None, help="write the report as JSON here too")
@@ -57,18 +59,24 @@ def main(argv: list[str] | None = None) -> int:
     images = torch.randn(tc.batch_size, 3, h, w).contiguous(memory_format=fmt)
     labels = torch.randint(0, cfg.data.num_classes, (tc.batch_size, h, w))
 
-    def stepper(net: torch.nn.Module):
+    def stepper(net: torch.nn.Module, forward: torch.nn.Module | None = None):
         net.to(memory_format=fmt).train()
         opt = make_optimizer(net, tc)
+        forward = forward or net
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
-            criterion(net(images), labels, None).backward()
+            criterion(forward(images), labels, None).backward()
             opt.step()
         return step
 
     steps = {name: stepper(net) for name, net in nets.items()}
-    per_round: dict[str, list[float]] = {name: [] for name in nets}
+    if args.compile:
+        import copy
+
+        compiled = copy.deepcopy(nets["gasnas"])
+        steps["gasnas+compile"] = stepper(compiled, torch.compile(compiled))
+    per_round: dict[str, list[float]] = {name: [] for name in steps}
     with exclusive_lock(args.lock):
         for step in steps.values():
             for _ in range(args.warmup):
@@ -97,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:28s} {v:6.2f} images/s   {tc.epochs} epochs x {n_train} images: "
               f"{report['schedule_minutes'][name]:.0f} min of training steps")
     print(f"  gasnas / {args.peer}: x{report['ratio_gasnas_to_peer']:.2f} throughput")
+    if args.compile:
+        report["compile_speedup"] = ips["gasnas+compile"] / ips["gasnas"]
+        print(f"  torch.compile / eager: x{report['compile_speedup']:.2f} throughput")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))

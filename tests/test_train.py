@@ -224,3 +224,22 @@ def test_logit_adjustment_folds_the_best_tau_into_best_pt_once(tmp_path_factory,
     assert torch.equal(load_derived_checkpoint(again)[0].head.classifier.bias, model.head.classifier.bias)
     with pytest.raises(Exception, match="train.logit_adjust"):
         tiny_config(data, tmp, "la2", "train.logit_adjust=true")
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path_factory, single_thread) -> None:
+    """train.compile: the step runs the compiled graph of the same module, so one epoch gives the
+    eager run's losses (to compiler rounding) and a checkpoint with the module's own keys."""
+    data = data_root(tmp_path_factory)
+    tmp = tmp_path_factory.mktemp("compile")
+    runs = {}
+    for name, flag in (("eager", "false"), ("compiled", "true")):
+        cfg = tiny_config(data, tmp, name, f"train.compile={flag}", "train.epochs=1", "train.max_steps_per_epoch=2")
+        run_train(cfg, random_genotype(cfg, tmp / f"{name}.json"), show_progress=False)
+        runs[name] = cfg.run_dir / "train"
+    losses = {k: [json.loads(x)["loss"] for x in (v / "metrics.jsonl").read_text().splitlines()] for k, v in runs.items()}
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-3)
+    eager, compiled = (load_ckpt(v / "last.pt", "train")["model"] for v in runs.values())
+    assert list(compiled) == list(eager) and not any(k.startswith("_orig_mod") for k in compiled)
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-3, atol=1e-4)

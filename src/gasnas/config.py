@@ -250,6 +250,9 @@ class TrainConfig:
     # Mixed precision of the training step's forward + loss and of evaluation (engine/amp.py):
     # none = fp32; bf16 / fp16 = torch.autocast (fp16 with a GradScaler). Weights stay fp32.
     amp: Literal["none", "bf16", "fp16"] = "none"
+    # torch.compile (inductor) around the training forward + backward; evaluation and the saved
+    # weights stay those of the eager module. The first steps pay the compilation.
+    compile: bool = False
 
 
 @dataclass

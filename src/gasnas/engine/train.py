@@ -198,6 +198,8 @@ class TrainRun(EpochLoop):
             self.model = D.convert_batchnorm(self.model)  # SyncBatchNorm on nccl
             D.broadcast_module(self.model, self.info)
         self.ema = WeightEMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
+        # what the training step calls: the module, or its compiled graph (same parameters)
+        self.step_model: nn.Module = torch.compile(self.model) if tc.compile else self.model
         self.aux = self.genotype is not None and bool(self.genotype.space.aux_heads)
         self.class_weights = None
         if tc.class_weighting != "none":
@@ -313,9 +315,9 @@ class TrainRun(EpochLoop):
         cross-entropy of each auxiliary head."""
         aux: list[torch.Tensor] = []
         if self.aux:
-            logits, aux = self.model(images, return_aux=True)
+            logits, aux = self.step_model(images, return_aux=True)
         else:
-            logits = self.model(images)
+            logits = self.step_model(images)
         loss = self.criterion(logits, labels, self.info)
         if self.dice is not None:
             loss = loss + self.cfg.train.dice_weight * self.dice(logits, labels, self.info)
