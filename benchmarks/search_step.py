@@ -2,8 +2,9 @@
 
 For a recipe's space and search batch, on random images at the given crop sizes: `softmax`
 (every op of every edge runs), `gumbel` (one sampled op per edge; the architecture step also runs
-every op without a graph for its gradient, `search.path_gradient: all_ops`) and `gumbel-sampled`
-(GDAS's gradient: the drawn op only), interleaved in rounds so a slow phase of the machine hits
+every op without a graph for its gradient, `search.path_gradient: all_ops`), `gumbel-sampled`
+(GDAS's gradient: the drawn op only) and `gumbel-pair` (the CamVid recipe's: a second drawn op per
+edge without a graph, weights on uniform paths), interleaved in rounds so a slow phase of the machine hits
 all alike; reports the median seconds per step, the ratios, and architecture steps per CPU-hour. The latency term is left out (λ = 0): it is a few hundred
 multiply-adds next to the network.
 
@@ -27,6 +28,7 @@ from gasnas.engine.architect import Architect
 from gasnas.engine.losses import build_criterion
 from gasnas.engine.relaxation import Relaxation
 from gasnas.engine.search import weight_step
+from gasnas.fileio import exclusive_lock
 from gasnas.space.supernet import Supernet
 
 
@@ -41,13 +43,14 @@ class _NoLatency:
         pass
 
 
-MODES = {"softmax": ("softmax", "all_ops"), "gumbel": ("gumbel", "all_ops"),
-         "gumbel-sampled": ("gumbel", "sampled")}
+# (search.relaxation, search.path_gradient, search.weight_path)
+MODES = {"softmax": ("softmax", "all_ops", "alpha"), "gumbel": ("gumbel", "all_ops", "alpha"),
+         "gumbel-sampled": ("gumbel", "sampled", "alpha"), "gumbel-pair": ("gumbel", "pair", "uniform")}
 
 
 def time_steps(cfg, mode: str, crop: list[int], steps: int) -> list[float]:
-    relaxation, path_gradient = MODES[mode]
-    sc = replace(cfg.search, relaxation=relaxation, path_gradient=path_gradient)
+    relaxation, path_gradient, weight_path = MODES[mode]
+    sc = replace(cfg.search, relaxation=relaxation, path_gradient=path_gradient, weight_path=weight_path)
     torch.manual_seed(0)
     net = Supernet(cfg.space, cfg.data.num_classes, recompute_stages=sc.recompute_stages)
     relax = Relaxation(sc, list(cfg.space.ops), 0)
@@ -78,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--lock", default=None, help="flock file taken exclusively while timing")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,17 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     crops = [parse_size(c, "--crop") for c in (args.crop or [])] or [cfg.search.crop_size or cfg.data.crop_size]
     results = []
     for crop in crops:
-        per: dict[str, list[float]] = {m: [] for m in MODES}
-        for _ in range(args.rounds):
-            for mode in per:
-                per[mode] += time_steps(cfg, mode, crop, args.steps)
+        per: dict[str, list[float]] = {m: [] for m in args.modes}
+        with exclusive_lock(args.lock):
+            for _ in range(args.rounds):
+                for mode in per:
+                    per[mode] += time_steps(cfg, mode, crop, args.steps)
         med = {m: statistics.median(v) for m, v in per.items()}
+        base = args.modes[0]
         row = {"config": args.config, "crop": crop, "batch": cfg.search.batch_size, "threads": torch.get_num_threads(),
-               "seconds_per_step": med, "speedup_vs_softmax": {m: med["softmax"] / s for m, s in med.items()},
+               "seconds_per_step": med, f"speedup_vs_{base}": {m: med[base] / s for m, s in med.items()},
                "arch_steps_per_cpu_hour": {m: 3600 / s for m, s in med.items()}}
         results.append(row)
         print(f"{crop[0]}x{crop[1]} batch {row['batch']}: " + ", ".join(
-            f"{m} {s:.2f} s/step (x{med['softmax'] / s:.2f}, {3600 / s:.0f} arch steps/h)" for m, s in med.items()),
+            f"{m} {s:.2f} s/step (x{med[base] / s:.2f} {base}, {3600 / s:.0f} arch steps/h)" for m, s in med.items()),
             flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
