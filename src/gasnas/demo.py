@@ -2,7 +2,8 @@
 
 synthesise data (if absent) → latency table → search (supernet + GGM + latency loss) → derive →
 train the derived net → evaluate → benchmark against torchvision peers → runs/demo/report.md.
-Every stage is the same code the individual commands run; the demo only chains them.
+Every stage is the same code the individual commands run; the demo only chains them. The CLI
+registers this module's command at start-up, so its heavy imports wait inside the functions.
 """
 
 from __future__ import annotations

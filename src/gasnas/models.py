@@ -20,6 +20,10 @@ from torch import nn
 from gasnas.data.transforms import MEAN as IMAGENET_MEAN  # noqa: F401 - used by export/predict
 from gasnas.data.transforms import STD as IMAGENET_STD  # noqa: F401
 from gasnas.errors import GasnasError
+from gasnas.fileio import torch_load
+from gasnas.space.complexity import count_flops, count_params
+from gasnas.space.derived import DerivedNet, load_derived_checkpoint
+from gasnas.space.genotype import Genotype
 
 # IMAGENET_MEAN/STD (the data package's normalisation) apply when a checkpoint's meta carries
 # no mean/std of its own.
@@ -31,8 +35,6 @@ def load_network(genotype: str | Path | None = None, checkpoint: str | Path | No
                  ) -> tuple[nn.Module, dict[str, Any], str]:
     """(model in eval mode, checkpoint meta, a label) from exactly one of a genotype JSON (random
     weights: fine for speed) or a trained checkpoint written with `checkpoint_payload`."""
-    from gasnas.space.derived import DerivedNet
-    from gasnas.space.genotype import Genotype
 
     if (genotype is None) == (checkpoint is None):
         raise GasnasError("give exactly one of --genotype or --checkpoint")
@@ -48,8 +50,6 @@ def load_network(genotype: str | Path | None = None, checkpoint: str | Path | No
 def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """(model, meta) from a checkpoint of `gasnas train`: a derived net, or a torchvision peer
     trained with `--peer` (rebuilt by name, untrained, then its weights loaded)."""
-    from gasnas.fileio import torch_load
-    from gasnas.space.derived import load_derived_checkpoint
 
     ckpt = torch_load(path)
     if not (isinstance(ckpt, dict) and "peer" in ckpt):
@@ -94,7 +94,6 @@ def build_peer(name: str, num_classes: int, device: str | torch.device | None = 
 def complexity(model: nn.Module, input_size: tuple[int, int]) -> tuple[int, int]:
     """(params, FLOPs of one batch-1 forward) via space.complexity; FLOPs are counted on a
     meta-device copy, so no real compute runs even at 1024x2048."""
-    from gasnas.space.complexity import count_flops, count_params
 
     params = count_params(model)
     try:

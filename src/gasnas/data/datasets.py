@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from gasnas.data.classes import IGNORE
 from gasnas.data.layouts import EMPTY_SPLIT, Layout, Pair, get_layout
+from gasnas.data.synthetic import ensure_synthetic
 from gasnas.data.transforms import SegTransform, build_transform
 from gasnas.errors import GasnasError
 
@@ -145,7 +146,6 @@ def build_dataset(cfg: Any, split: str, train: bool) -> SegmentationDataset:
     (the first N pairs in sorted order). A `synthetic` root is generated first if incomplete.
     """
     if cfg.format == "synthetic":
-        from gasnas.data.synthetic import ensure_synthetic
 
         ensure_synthetic(cfg)
     layout = _layout(cfg)

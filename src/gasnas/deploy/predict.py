@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gasnas.data import colorize
+from gasnas.data.classes import CAMVID_PALETTE, cityscapes_palette
+from gasnas.deploy.export import read_rgb, to_tensor
 from gasnas.errors import GasnasError
 from gasnas.fileio import atomic_write as write_atomic
 from gasnas.models import IMAGENET_MEAN, IMAGENET_STD
@@ -47,7 +49,6 @@ def voc_palette(n: int) -> list[tuple[int, int, int]]:
 def resolve_palette(meta: dict[str, Any], num_classes: int) -> np.ndarray:
     """[num_classes, 3] uint8: the checkpoint's palette, else the data package's (CamVid order
     for 11 classes, Cityscapes for 19), else VOC colours; padded with VOC colours if short."""
-    from gasnas.data.classes import CAMVID_PALETTE, cityscapes_palette
 
     given = meta.get("palette")
     if given:
@@ -104,7 +105,6 @@ def pad_to_stride(x: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
 @torch.inference_mode()
 def segment(model: nn.Module, image: np.ndarray, mean: Any, std: Any, device: str = "cpu") -> np.ndarray:
     """uint8 HxWx3 → HxW class ids (int64), at the image's own resolution."""
-    from gasnas.deploy.export import to_tensor
 
     x = to_tensor([image], mean, std).to(device)
     h, w = image.shape[:2]
@@ -139,7 +139,6 @@ def predict_images(model: nn.Module, meta: dict[str, Any], inputs: list[str | Pa
     images are skipped with one line on stderr naming the file; the rest are written."""
     from tqdm import tqdm
 
-    from gasnas.deploy.export import read_rgb
 
     items = collect_images(inputs)
     out_dir = Path(out_dir)

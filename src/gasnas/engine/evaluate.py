@@ -20,8 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from gasnas.data import build_dataset
+from gasnas.engine import checkpoint as ckpt_io
 from gasnas.engine import distributed as D
-from gasnas.engine.metrics import confusion_matrix, summarize
+from gasnas.engine.amp import autocast
+from gasnas.engine.metrics import confusion_matrix, nan_to_none, summarize
+from gasnas.engine.runtime import progress
+from gasnas.engine.sampling import eval_loader
+from gasnas.errors import GasnasError
+from gasnas.fileio import torch_load
+from gasnas.space.derived import derived_from_checkpoint
 
 
 @torch.no_grad()
@@ -68,8 +76,6 @@ def evaluate(model: nn.Module, loader: DataLoader | Any, num_classes: int, ignor
     restored afterwards. `amp` (`none`, `bf16`, `fp16`; train.amp / search.amp): the forward
     passes under autocast; the class scores are compared in whatever dtype they come out.
     """
-    from gasnas.engine.amp import autocast
-    from gasnas.engine.runtime import progress
 
     was_training = model.training
     model.eval()
@@ -131,13 +137,6 @@ def logit_adjust_checkpoint(path: Path, cfg: Any, device: torch.device,
     its meta, which this returns. None when the checkpoint records one already."""
     from torch.utils.data import Subset
 
-    from gasnas.data import build_dataset
-    from gasnas.engine import checkpoint as ckpt_io
-    from gasnas.engine.metrics import nan_to_none
-    from gasnas.engine.sampling import eval_loader
-    from gasnas.errors import GasnasError
-    from gasnas.fileio import torch_load
-    from gasnas.space.derived import derived_from_checkpoint
 
     ck = torch_load(path)
     meta = ck.get("meta") or {}

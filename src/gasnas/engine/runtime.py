@@ -21,6 +21,7 @@ import torch
 
 from gasnas.engine import checkpoint as ckpt_io
 from gasnas.engine import distributed as D
+from gasnas.engine.metrics import nan_to_none
 from gasnas.errors import GasnasError
 from gasnas.fileio import write_text_atomic
 
@@ -289,7 +290,6 @@ class MetricsLog:
     def append(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        from gasnas.engine.metrics import nan_to_none
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:

@@ -35,14 +35,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from gasnas.config import Config
+from gasnas import viz
+from gasnas.config import Config, search_data_config
+from gasnas.data import build_dataset, class_names
 from gasnas.engine import checkpoint as ckpt_io
 from gasnas.engine import distributed as D
 from gasnas.engine.amp import Precision
 from gasnas.engine.architect import Architect, frozen
 from gasnas.engine.evaluate import evaluate
 from gasnas.engine.losses import build_criterion
-from gasnas.engine.relaxation import temperature
+from gasnas.engine.relaxation import Relaxation, temperature
 from gasnas.engine.runtime import (
     EpochLoop,
     MetricsLog,
@@ -53,9 +55,17 @@ from gasnas.engine.runtime import (
     log,
     progress,
     safe_plot,
+    setup,
 )
 from gasnas.engine.sampling import EpochBatches, batch_loader, eval_loader, split_indices
 from gasnas.errors import GasnasError
+from gasnas.ggm import adjacency_entropy
+from gasnas.latency import LatencyEstimator, LatencyTable, get_or_build_lut
+from gasnas.latency.budget import LatencyBudget
+from gasnas.latency.timers import derived_net_timer
+from gasnas.space.genotype import Genotype, derive_genotype
+from gasnas.space.network import net_stride, padded_size
+from gasnas.space.supernet import Supernet
 
 WEIGHT_STREAM, ARCH_STREAM = 1, 2
 CHECKPOINT = "checkpoints/last.pt"
@@ -172,7 +182,6 @@ def skip_share(genotype: Any) -> float:
 def small_map_dilations(space: Any, crop: list[int]) -> list[str]:
     """Dilated ops whose 3x3 footprint (2r+1) exceeds the smallest map the search sees at
     `crop`: there they read mostly padding, and the search cannot value them."""
-    from gasnas.space.network import net_stride, padded_size
 
     h, w = padded_size(space, int(crop[0]), int(crop[1]))
     smallest = min(h, w) // net_stride(space)
@@ -197,7 +206,6 @@ def shared_lut(cfg: Config, run_dir: Path, num_classes: int, info: D.DistInfo,
     """(latency table, the LatencyConfig to check it with). Rank 0 builds or loads the table
     (`get_or_build_lut`, saved as run_dir/lut.json) and sends it to the other ranks, so no
     shared filesystem is needed; an error on rank 0 is raised on every rank."""
-    from gasnas.latency import LatencyTable, get_or_build_lut
 
     shared = None
     if info.main:
@@ -222,13 +230,6 @@ class SearchRun(EpochLoop):
 
     def __init__(self, cfg: Config, rt: Runtime, run_dir: Path, resume: dict[str, Any] | None,
                  ckpt_every_steps: int = 0, show_progress: bool = True) -> None:
-        from gasnas.config import search_data_config
-        from gasnas.data import build_dataset, class_names
-        from gasnas.engine.relaxation import Relaxation
-        from gasnas.latency import LatencyEstimator
-        from gasnas.latency.budget import LatencyBudget
-        from gasnas.latency.timers import derived_net_timer
-        from gasnas.space.supernet import Supernet
 
         self.cfg, self.rt, self.run_dir = cfg, rt, run_dir
         self.info, self.device, self.main = rt.dist, rt.device, rt.main
@@ -311,7 +312,6 @@ class SearchRun(EpochLoop):
     # ------------------------------------------------------------------ latency budget
 
     def _derive(self, provenance: dict[str, Any] | None = None) -> Any:
-        from gasnas.space.genotype import derive_genotype
 
         return derive_genotype(self.supernet, provenance or {}, None, max_skip=self.cfg.search.max_skip_per_cell)
 
@@ -434,7 +434,6 @@ class SearchRun(EpochLoop):
         return D.broadcast_object(ms, self.info)
 
     def _end_epoch(self) -> None:
-        from gasnas.ggm import adjacency_entropy
 
         cfg, e = self.cfg, self.epoch
         t0 = time.perf_counter()
@@ -524,7 +523,6 @@ class SearchRun(EpochLoop):
         }
 
     def _plots(self, op_weights: list[torch.Tensor]) -> None:
-        from gasnas import viz
 
         rows = self.metrics.rows()
         plots = self.run_dir / "plots"
@@ -537,7 +535,6 @@ class SearchRun(EpochLoop):
         safe_plot(viz.plot_convergence, rows, plots / "convergence.png")
         safe_plot(viz.plot_alphas, op_weights, list(self.cfg.space.ops), plots / "alphas.png")
         if self.metrics.tensorboard.writer is not None and rows:
-            from gasnas.space.genotype import Genotype
 
             epoch = int(rows[-1].get("epoch") or 0)
             cells = self.run_dir / f"genotype_epoch{epoch}.json"
@@ -582,7 +579,6 @@ class SearchRun(EpochLoop):
     def settledness(self) -> dict[str, Any]:
         """How settled the search ended: final α' spread, the share of kept edges unchanged over
         the last 3 epochs (all four genotypes agree), the skip share of the final genotype."""
-        from gasnas.space.genotype import Genotype
 
         rows = [r for r in self.metrics.rows() if "genotype" in r]
         last = rows[-4:]
@@ -610,8 +606,6 @@ class SearchRun(EpochLoop):
                 f"search.a_lr ({sc.a_lr:g}).", self.main)
 
     def _finish(self) -> Path:
-        from gasnas import viz
-        from gasnas.space.genotype import Genotype
 
         final = self.run_dir / "genotype.json"
         if self.main:
@@ -661,7 +655,6 @@ def calm_reference(run_dir: str | Path) -> tuple[Any, float]:
     in ms over the whole search), from the run's last checkpoint. Re-measurements that use the
     same reference start from that timing, so a report that happens to run in a slow phase
     stays on the search's scale (latency/isolated.py)."""
-    from gasnas.space.genotype import Genotype
 
     path = Path(run_dir) / CHECKPOINT
     state = ckpt_io.load(path, "search").get("calm_latency") or {}
@@ -687,7 +680,6 @@ def run_search(cfg: Config, resume: str | Path | None = None, *, ckpt_every_step
     config should be the one it was started with). `ckpt_every_steps` > 0 also checkpoints
     every that many steps (always at each epoch end). Under torchrun it runs data-parallel.
     """
-    from gasnas.engine.runtime import setup
 
     rt = setup(cfg)
     run_dir, ck = prepare_run_dir(cfg, resume, rt)

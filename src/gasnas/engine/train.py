@@ -34,11 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from gasnas import viz
 from gasnas.config import Config
+from gasnas.data import MEAN, STD, build_dataset, class_names, denormalize, palette
 from gasnas.engine import checkpoint as ckpt_io
 from gasnas.engine import distributed as D
 from gasnas.engine.amp import Precision
-from gasnas.engine.evaluate import evaluate
+from gasnas.engine.evaluate import evaluate, logit_adjust_checkpoint, predict
 from gasnas.engine.losses import SoftDice, build_criterion, class_weights
 from gasnas.engine.metrics import nan_to_none
 from gasnas.engine.runtime import (
@@ -51,9 +53,15 @@ from gasnas.engine.runtime import (
     log,
     progress,
     safe_plot,
+    setup,
 )
 from gasnas.engine.sampling import EpochBatches, batch_loader, eval_loader
 from gasnas.errors import GasnasError
+from gasnas.fileio import torch_load
+from gasnas.models import PEERS, build_peer
+from gasnas.space.derived import DerivedNet, checkpoint_payload
+from gasnas.space.genotype import Genotype, resolve_genotype
+from gasnas.viz import plot_predictions
 
 TRAIN_STREAM = 3
 LAST, BEST = "last.pt", "best.pt"
@@ -108,7 +116,6 @@ class WeightEMA:
 def load_pretrained(model: nn.Module, path: str) -> tuple[int, int]:
     """Copy every tensor of `path` whose name and shape match (a gasnas checkpoint's "model"
     or a bare state_dict). Returns (copied, total); nothing matching is an error."""
-    from gasnas.fileio import torch_load
 
     blob = torch_load(path)
     state = blob.get("model", blob) if isinstance(blob, dict) else None
@@ -147,8 +154,6 @@ class TrainRun(EpochLoop):
     def __init__(self, cfg: Config, rt: Runtime, run_dir: Path, genotype: Any, genotype_source: str,
                  resume: dict[str, Any] | None, ckpt_every_steps: int = 0,
                  show_progress: bool = True) -> None:
-        from gasnas.data import MEAN, STD, build_dataset, class_names, palette
-        from gasnas.space.derived import DerivedNet
 
         self.cfg, self.rt, self.run_dir = cfg, rt, run_dir
         self.info, self.device, self.main = rt.dist, rt.device, rt.main
@@ -179,7 +184,6 @@ class TrainRun(EpochLoop):
         self.genotype_source = genotype_source
         torch.manual_seed(cfg.seed)
         if self.genotype is None:  # a peer's name
-            from gasnas.models import build_peer
 
             self.model: nn.Module = build_peer(str(genotype), self.num_classes).train()
         else:
@@ -244,7 +248,6 @@ class TrainRun(EpochLoop):
         return self.ema.module if self.ema is not None else self.model
 
     def payload(self, resumable: bool) -> dict[str, Any]:
-        from gasnas.space.derived import checkpoint_payload
 
         extra: dict[str, Any] = {"kind": "train" if resumable else "trained"}
         if resumable:
@@ -293,7 +296,6 @@ class TrainRun(EpochLoop):
     def _logit_adjust(self) -> None:
         """`train.logit_adjust`: the post-training step of engine/evaluate.py
         `logit_adjust_checkpoint` on best.pt, logged with the run's metrics."""
-        from gasnas.engine.evaluate import logit_adjust_checkpoint
 
         if self.genotype is None or self.class_weights is None:
             log("train.logit_adjust: only for a gasnas net trained with class weights; skipped", True)
@@ -392,7 +394,6 @@ class TrainRun(EpochLoop):
         self.save_checkpoint()
 
     def _plots(self, evaluated: bool) -> None:
-        from gasnas import viz
 
         rows = self.metrics.rows()
         plots = self.run_dir / "plots"
@@ -404,9 +405,6 @@ class TrainRun(EpochLoop):
                 self.metrics.tensorboard.image("predictions", plots / "predictions.png", int(rows[-1].get("epoch") or 0))
 
     def _plot_examples(self, path: Path, n: int = 4) -> None:
-        from gasnas.data import denormalize
-        from gasnas.engine.evaluate import predict
-        from gasnas.viz import plot_predictions
 
         images, labels, preds = [], [], []
         model = self.eval_model
@@ -430,7 +428,6 @@ def prepare_train_dir(cfg: Config, genotype_path: str | Path | None, resume: str
                       run_dir: str | Path | None, rt: Runtime, peer: str | None = None,
                       ) -> tuple[Path, Any, str, dict[str, Any] | None]:
     """(run folder, genotype (or a peer's name), where it came from, checkpoint to resume or None)."""
-    from gasnas.space.genotype import Genotype, resolve_genotype
 
     genotype: Any
     if resume is not None:
@@ -450,7 +447,6 @@ def prepare_train_dir(cfg: Config, genotype_path: str | Path | None, resume: str
             raise GasnasError(f"{out} already holds a training run: resume it with --resume {out}, "
                               "or train elsewhere with --set name=NEW_NAME (or --run-dir)")
         if peer is not None:
-            from gasnas.models import PEERS
 
             if peer not in PEERS:
                 raise GasnasError(f"--peer {peer}: expected one of {', '.join(PEERS)}")
@@ -476,7 +472,6 @@ def run_train(cfg: Config, genotype_path: str | Path | None, resume: str | Path 
     `resume`: a training folder whose last.pt continues where it stopped (the genotype comes
     from the checkpoint). `run_dir` defaults to cfg.run_dir / "train".
     """
-    from gasnas.engine.runtime import setup
 
     rt = setup(cfg)
     out, genotype, source, ck = prepare_train_dir(cfg, genotype_path, resume, run_dir, rt, peer)

@@ -81,6 +81,7 @@ def calibrate(table: LatencyTable, space: SpaceConfig, num_classes: int, lat_cfg
               progress: bool = True, quiet: Quiet | None = None) -> dict[str, Any]:
     """Measure `samples` spanning derived nets, fit the correction, store it in `table`
     (replacing one with the same scope) and return the record. The caller saves the table."""
+    # here: the estimator, and validate through it, import this module
     from gasnas.latency.estimator import LatencyEstimator
     from gasnas.latency.sampling import spanning_genotypes
     from gasnas.latency.validate import measure_genotypes

@@ -1,4 +1,5 @@
-"""CLI for latency: `gasnas latency build | calibrate | validate`."""
+"""CLI for latency: `gasnas latency build | calibrate | validate` (heavy imports inside the handlers,
+so `gasnas --help` does not load torch)."""
 
 from __future__ import annotations
 

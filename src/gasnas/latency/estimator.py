@@ -26,10 +26,12 @@ import torch
 
 from gasnas.config import Config, LatencyConfig, SpaceConfig
 from gasnas.errors import GasnasError
-from gasnas.latency.calibrate import calibration_for, calibration_scope
+from gasnas.latency.calibrate import calibrate, calibration_for, calibration_scope
 from gasnas.latency.keys import Layout, space_layout
 from gasnas.latency.lut import ENV_FIELDS, LatencyTable, current_environment
-from gasnas.latency.measure import build_lut, measure_into
+from gasnas.latency.measure import build_lut, measure_into, quiet_export
+from gasnas.latency.timing import measure_model
+from gasnas.space.derived import DerivedNet
 from gasnas.space.genotype import Genotype, genotype_weights
 from gasnas.space.ops import OPS
 
@@ -185,7 +187,6 @@ def get_or_build_lut(cfg: Config, run_dir: Path, num_classes: int, *, progress: 
     is calibrated on `calibrate_samples` measured derived nets (default 16; 0 skips) unless it
     is a foreign table.
     """
-    from gasnas.latency.calibrate import calibrate
 
     lat = cfg.latency
     run_lut = Path(run_dir) / "lut.json"
@@ -217,10 +218,6 @@ def get_or_build_lut(cfg: Config, run_dir: Path, num_classes: int, *, progress: 
 
 def measure_genotype_ms(genotype: Genotype, lat_cfg: LatencyConfig) -> float:
     """Measured median batch-1 latency of the derived net at `lat_cfg.input_size`."""
-    from gasnas.latency.measure import quiet_export
-    from gasnas.latency.timing import measure_model
-    from gasnas.space.derived import DerivedNet
-
     model = DerivedNet(genotype)
     with quiet_export():
         t = measure_model(model, lat_cfg.input_size, lat_cfg.backend, lat_cfg.device, lat_cfg.dtype,

@@ -29,6 +29,11 @@ from typing import Any
 
 from gasnas.config import LatencyConfig
 from gasnas.errors import GasnasError
+from gasnas.latency.measure import quiet_export
+from gasnas.latency.sampling import genotype_signature
+from gasnas.latency.timing import make_runner, time_callable
+from gasnas.space.derived import DerivedNet
+from gasnas.space.genotype import Genotype
 
 TIMEOUT_S = 600
 MIN_TURN_MS = 400.0
@@ -126,7 +131,6 @@ class CalmLatency:
 
     def measure(self, genotype: Any) -> float:
         """The calm-phase latency (ms) of `genotype`'s derived net; times it unless known."""
-        from gasnas.latency.sampling import genotype_signature
 
         sig = genotype_signature(genotype)
         if sig not in self.ratios:
@@ -139,7 +143,6 @@ class CalmLatency:
 
     def ratio(self, genotype: Any) -> float | None:
         """`genotype`'s latency / the reference's, if it was measured."""
-        from gasnas.latency.sampling import genotype_signature
 
         return self.ratios.get(genotype_signature(genotype))
 
@@ -157,7 +160,6 @@ class CalmLatency:
                 "reference_calm_ms": self.reference_calm_ms, "ratios": dict(self.ratios)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from gasnas.space.genotype import Genotype
 
         ref = state.get("reference")
         self.reference = Genotype.from_dict(ref, "checkpoint: calm_latency.reference") if ref is not None else None
@@ -168,10 +170,6 @@ class CalmLatency:
 def _run(request_path: str) -> dict[str, Any]:
     import torch
 
-    from gasnas.latency.measure import quiet_export
-    from gasnas.latency.timing import make_runner, time_callable
-    from gasnas.space.derived import DerivedNet
-    from gasnas.space.genotype import Genotype
 
     request = json.loads(Path(request_path).read_text())
     threads = int(request["threads"])

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import torch
 
 from gasnas.config import LatencyConfig
+from gasnas.latency.estimator import measure_genotype_ms
+from gasnas.latency.isolated import CalmLatency
 
 
 class DerivedNetTimer(Protocol):
@@ -41,7 +43,6 @@ class InProcessLatency:
         self.lat_cfg = lat_cfg
 
     def measure(self, genotype: Any) -> float:
-        from gasnas.latency.estimator import measure_genotype_ms
 
         with torch.random.fork_rng(devices=[]):
             return float(measure_genotype_ms(genotype, self.lat_cfg))
@@ -61,6 +62,5 @@ class InProcessLatency:
 
 def derived_net_timer(lat_cfg: LatencyConfig, threads: int, isolated: bool, rounds: int) -> DerivedNetTimer:
     """The timer `search.measure_isolated` asks for."""
-    from gasnas.latency.isolated import CalmLatency
 
     return CalmLatency(lat_cfg, threads, rounds) if isolated else InProcessLatency(lat_cfg)

@@ -21,8 +21,11 @@ import torch
 
 from gasnas.config import LatencyConfig, SpaceConfig
 from gasnas.fileio import atomic_write, write_json_atomic
+from gasnas.latency.calibrate import CALIBRATION_SEED, calibration_record, store_calibration
 from gasnas.latency.contention import Quiet
+from gasnas.latency.estimator import LatencyEstimator, measure_genotype_ms
 from gasnas.latency.lut import LatencyTable
+from gasnas.latency.sampling import genotype_signature, spanning_genotypes
 from gasnas.space.genotype import Genotype
 
 VALIDATION_SEED = 0
@@ -82,7 +85,6 @@ def measure_genotypes(genotypes: list[Genotype], lat_cfg: LatencyConfig, rounds:
                       quiet: Quiet | None = None) -> tuple[list[list[float]], dict[str, Any]]:
     """Per genotype, the median latency of each of `rounds` passes (pass order shuffled), and
     the `quiet` policy's summary (other processes' CPU load, disturbed measurements)."""
-    from gasnas.latency.estimator import measure_genotype_ms
 
     quiet = quiet if quiet is not None else Quiet(max_wait_s=0.0, retries=0)
     gen = torch.Generator().manual_seed(seed)
@@ -128,9 +130,6 @@ def validate(table: LatencyTable, space: SpaceConfig, num_classes: int, lat_cfg:
     machine between calibrating and validating does not count as predictor error); the new
     calibration is stored in `table` (the caller saves it).
     """
-    from gasnas.latency.calibrate import CALIBRATION_SEED, calibration_record, store_calibration
-    from gasnas.latency.estimator import LatencyEstimator
-    from gasnas.latency.sampling import genotype_signature, spanning_genotypes
 
     t0 = time.perf_counter()
     size = [int(v) for v in (input_size if input_size is not None else lat_cfg.input_size)]

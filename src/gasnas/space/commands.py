@@ -1,4 +1,5 @@
-"""CLI for the search space: `gasnas arch show GENOTYPE`."""
+"""CLI for the search space: `gasnas arch show GENOTYPE` (heavy imports inside the handler, so
+`gasnas --help` does not load torch)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gasnas.errors import GasnasError
+from gasnas.fileio import torch_load
 from gasnas.space.cell import DerivedCell
 from gasnas.space.genotype import Genotype
 from gasnas.space.network import SegmentationNet
@@ -34,14 +36,12 @@ def checkpoint_payload(model, meta: dict | None = None, **extra) -> dict:
 
 def load_derived_checkpoint(path) -> tuple[DerivedNet, dict]:
     """Rebuild a DerivedNet from a checkpoint written with `checkpoint_payload` (any run type)."""
-    from gasnas.fileio import torch_load
 
     return derived_from_checkpoint(torch_load(path), path)
 
 
 def derived_from_checkpoint(ckpt: Any, path: Any) -> tuple[DerivedNet, dict]:
     """`load_derived_checkpoint` for a checkpoint already read (`path` names it in errors)."""
-    from gasnas.errors import GasnasError
 
     if not isinstance(ckpt, dict) or "genotype" not in ckpt or "model" not in ckpt:
         raise GasnasError(f"{path}: not a trained-network checkpoint (needs 'genotype' and 'model')")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from gasnas.errors import GasnasError
+from gasnas.latency.sampling import genotype_signature  # gasnas.latency imports gasnas.space
 from gasnas.space.cell import edge_index
 from gasnas.space.genotype import CellGene, Genotype, derive_cell
 from gasnas.space.network import plan_cells
@@ -125,7 +126,6 @@ def sample_matched(estimator: Any, n: int, target_ms: float, tolerance: float = 
     """`n` distinct genotypes of `estimator.space` drawn uniformly among those whose predicted
     latency lies within ±`tolerance` (relative) of `target_ms` (see the module doc). Deterministic
     from `seed`; a one-line GasnasError naming the window when fewer than `n` are found."""
-    from gasnas.latency.sampling import genotype_signature  # gasnas.latency imports gasnas.space
 
     lo_ms, hi_ms = target_ms * (1.0 - tolerance), target_ms * (1.0 + tolerance)
     window = f"{lo_ms:.3f}-{hi_ms:.3f} ms (target {target_ms:g} ms ±{100 * tolerance:g}%)"
