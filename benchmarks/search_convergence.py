@@ -100,11 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         timing = run_dir / "wall_s.json"
         if not done:
             print("$ " + shlex.join(cmd), flush=True)
-            t0 = time.perf_counter()
             with exclusive(args.lock):
-                subprocess.run(cmd, check=True)
-            prev = json.loads(timing.read_text())["wall_s"] if timing.is_file() else 0.0
-            timing.write_text(json.dumps({"wall_s": prev + time.perf_counter() - t0}))
+                t0 = time.perf_counter()
+                try:
+                    subprocess.run(cmd, check=True)
+                finally:  # an interrupted search's time counts too: its rerun continues from its checkpoint
+                    prev = json.loads(timing.read_text())["wall_s"] if timing.is_file() else 0.0
+                    if run_dir.is_dir():
+                        timing.write_text(json.dumps({"wall_s": prev + time.perf_counter() - t0}))
         seeds[seed] = run_dir
 
     times_path = out / "latency_one_run.json"
