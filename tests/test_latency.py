@@ -476,3 +476,37 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "device_name" in err and str(lut) in err and err.count("\n") == 1
     assert main(["latency", "validate", "--lut", str(tmp_path / "nope.json")]) == 2
+
+
+def test_cuda_timing_uses_events_and_records_kernel_settings(monkeypatch) -> None:
+    """On CUDA a run is timed by CUDA events (the GPU's clock, not the launch time on the host),
+    and a table's environment records cudnn.benchmark and TF32; faked here, so it runs on a CPU."""
+    from gasnas.latency import timing
+
+    ticks = iter(range(100))
+
+    class FakeEvent:
+        def __init__(self, enable_timing: bool) -> None:
+            assert enable_timing
+            self.t = None
+
+        def record(self) -> None:
+            self.t = next(ticks)
+
+        def synchronize(self) -> None:
+            pass
+
+        def elapsed_time(self, end: FakeEvent) -> float:
+            return 10.0 * (end.t - self.t)
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    calls = []
+    t = timing.time_callable(lambda: calls.append(1), warmup=2, repeats=3, device="cuda")
+    assert len(calls) == 5 and t.runs == 3 and t.median_ms == 10.0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Fake GPU")
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    env = timing.environment("cuda:0", 1)
+    assert env["device_name"] == "Fake GPU" and env["cudnn_benchmark"] is True and "tf32" in env
+    assert "cudnn_benchmark" not in timing.environment("cpu", 1)

@@ -65,16 +65,26 @@ def time_round_robin(runners: dict[str, Callable[[], Any]], rounds: int, repeats
 
 
 def time_callable(fn: Callable[[], Any], warmup: int, repeats: int, device: str = "cpu") -> Timing:
-    """Run `fn` `warmup` times untimed, then `repeats` times timed (ms each)."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    """Run `fn` `warmup` times untimed, then `repeats` times timed (ms each). On CUDA each run is
+    timed by a pair of CUDA events on the current stream (the GPU's own clock: kernel launches
+    queue asynchronously, so a host clock would time the launches), synchronised per run."""
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(max(0, warmup)):
         fn()
     sync()
     samples = []
     for _ in range(max(1, repeats)):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(float(start.elapsed_time(end)))
+            continue
         t0 = time.perf_counter()
         fn()
-        sync()
         samples.append((time.perf_counter() - t0) * 1000.0)
     return Timing(statistics.median(samples), percentile(samples, 0.9), statistics.fmean(samples),
                   min(samples), len(samples))
@@ -244,6 +254,9 @@ def environment(device: str = "cpu", threads: int | None = None, backend: str = 
         "python": platform.python_version(),
         "allocator": steady_allocator(),
     }
+    if device.startswith("cuda"):  # settings that change which kernels run, so what a table means
+        env["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+        env["tf32"] = bool(torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)
     if backend == "onnxruntime":
         with contextlib.suppress(ImportError):
             import onnxruntime
