@@ -112,16 +112,16 @@ class NoLatency:
         self.grads = grads
 
 
-def mixed_op_with_random_bn(stride: int, seed: int, running_var: bool = False):
-    """A plain (unfused) float64 MixedOp over every default op, 6 channels, whose BatchNorms have
-    random affine parameters (and running variances): folding BN then changes numbers."""
+def mixed_op_with_random_bn(stride: int, seed: int, running_var: bool = False, ops: list[str] | None = None):
+    """A plain (unfused) float64 MixedOp over `ops` (default: every default op), 6 channels, whose
+    BatchNorms have random affine parameters (and running variances): folding BN then changes numbers."""
     import torch
 
     from gasnas.config import DEFAULT_OPS
     from gasnas.space.cell import MixedOp
 
     torch.manual_seed(seed)
-    op = MixedOp(DEFAULT_OPS, 6, stride, fused=False).double()
+    op = MixedOp(list(ops or DEFAULT_OPS), 6, stride, fused=False).double()
     with torch.no_grad():
         for m in op.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 from data_fixtures import make_camvid, make_cityscapes, make_folder
+from test_engine_support import mixed_op_with_random_bn
 
 from gasnas.config import RECIPE_DIR, DataConfig, LatencyConfig, load_config
 from gasnas.data import build_dataset, class_names, ensure_synthetic
@@ -17,7 +18,6 @@ from gasnas.data.layouts import FORMATS
 from gasnas.latency.keys import OpItem
 from gasnas.latency.measure import measure_item
 from gasnas.models import PEERS, build_peer
-from gasnas.space.cell import MixedOp
 from gasnas.space.derived import DerivedNet
 from gasnas.space.genotype import derive_genotype
 from gasnas.space.ops import OPS
@@ -49,13 +49,7 @@ def test_op_fused_mixed_op_equals_plain(name: str, stride: int, single_thread) -
     """A mixed op of this op and a 3x3 conv: the fused path (space/fused.py) gives the plain
     loop's output and gradients (fp64)."""
     ops = [name] if name == "conv_3x3" else [name, "conv_3x3"]
-    torch.manual_seed(stride)
-    plain = MixedOp(ops, 6, stride, fused=False).double()
-    with torch.no_grad():
-        for m in plain.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.normal_()
-                m.bias.normal_()
+    plain = mixed_op_with_random_bn(stride, seed=stride, ops=ops)
     fused = copy.deepcopy(plain).to(memory_format=torch.channels_last)
     fused.fused, fused.nonnegative_weights = True, True
     x0 = torch.randn(2, 6, 10, 12, dtype=torch.float64)
