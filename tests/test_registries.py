@@ -19,7 +19,7 @@ from gasnas.latency.keys import OpItem
 from gasnas.latency.measure import measure_item
 from gasnas.models import PEERS, build_peer
 from gasnas.space.derived import DerivedNet
-from gasnas.space.genotype import derive_genotype
+from gasnas.space.genotype import Genotype, derive_genotype, shipped_genotypes
 from gasnas.space.ops import OPS
 from gasnas.space.supernet import Supernet
 
@@ -131,3 +131,32 @@ def test_recipe_resolves_and_builds_a_supernet_and_a_derived_net(path, single_th
     net = DerivedNet(genotype).eval()
     with torch.no_grad():
         assert net(x).shape == (1, cfg.data.num_classes, 64, 64)
+
+
+# --------------------------------------------------------------------------- shipped genotypes
+
+# what every shipped genotype says about where it came from (configs/genotypes/README.md)
+SHIPPED_PROVENANCE = {"recipe": str, "seed": int, "commit": str, "search_command": str, "target_ms": float,
+                      "measured_latency_ms_one_run": float, "lraspp_ms_one_run": float,
+                      "ratio_to_lraspp": float, "alpha_spread_mean": float}
+
+
+def test_genotypes_are_shipped() -> None:
+    assert shipped_genotypes(), "configs/genotypes holds no genotype"
+
+
+@pytest.mark.parametrize("name", shipped_genotypes())
+def test_shipped_genotype_loads_builds_and_states_its_provenance(name: str, single_thread) -> None:
+    g = Genotype.load(name)  # by name, as `gasnas train -g NAME` takes it
+    prov = g.provenance
+    for key, kind in SHIPPED_PROVENANCE.items():
+        assert isinstance(prov.get(key), kind), (name, key, prov.get(key))
+    assert "val_miou" in prov  # None until a training run records it
+    assert prov["val_miou"] is None or 0 < prov["val_miou"] <= 100
+    cfg = load_config(prov["recipe"])
+    assert g.space == cfg.space and g.num_classes == cfg.data.num_classes
+    assert g.predicted_latency_ms and g.predicted_latency_ms > 0
+    assert prov["ratio_to_lraspp"] == pytest.approx(prov["measured_latency_ms_one_run"] / prov["lraspp_ms_one_run"])
+    net = DerivedNet(g).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 64, 96)).shape == (1, cfg.data.num_classes, 64, 96)

@@ -430,3 +430,15 @@ def test_changed_and_stable_fractions() -> None:
     assert changed_fraction(None, a) is None
     assert changed_fraction(kept_edges(a), b) == 0.5 and changed_fraction(kept_edges(a), c) == 0.0
     assert stable_fraction([a, b, c]) == 0.5 and stable_fraction([a, c]) == 1.0 and stable_fraction([a]) is None
+
+
+def test_ggm_learns_at_its_own_fraction_of_alphas_rate(single_thread) -> None:
+    net, arch = _architect(ggm_lr_scale=0.1, a_lr_min=0.001, epochs=4, warmup_epochs=1)
+    x, y = _batch()
+    arch.step(x, y, 2, 3, 10)
+    alpha_group, ggm_group = arch.optimizer.param_groups
+    assert alpha_group["lr"] == pytest.approx(arch.lr(2, 3, 10))
+    assert ggm_group["lr"] == pytest.approx(0.1 * arch.lr(2, 3, 10))
+    restored = _architect(ggm_lr_scale=0.1)[1]
+    restored.load_state_dict(arch.state_dict())
+    assert restored.optimizer.param_groups[1]["lr_scale"] == 0.1

@@ -166,6 +166,10 @@ class SearchConfig:
     a_lr_min: float | None = None
     a_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     a_weight_decay: float = 1e-3
+    # The GGM's learning rate as a fraction of α's (its own Adam group): one step of W moves every
+    # α' by up to Σ_j |x_j|·lr over the standardised features, many times what α itself moves, so at
+    # 1.0 the GGM sharpens whatever α prefers first (on CamVid: α' spread 10 over raw α's 0.6)
+    ggm_lr_scale: float = 1.0
     measure_derived: bool = True
     # Time the derived net in a fresh subprocess beside a reference net and report it on the
     # calm-phase scale (latency/isolated.py): inside the search process the same net measured
@@ -523,6 +527,8 @@ def validate(cfg: Config) -> None:
     sc = cfg.search
     if not 0 < sc.tau_min <= sc.tau_max:
         raise GasnasError(f"config key 'search.tau_min': expected 0 < tau_min <= tau_max ({sc.tau_max}), got {sc.tau_min}")
+    if not sc.ggm_lr_scale > 0:
+        raise GasnasError(f"config key 'search.ggm_lr_scale': expected a positive number, got {sc.ggm_lr_scale}")
     if not 0.0 <= sc.skip_dropout < 1.0:
         raise GasnasError(f"config key 'search.skip_dropout': expected a probability in [0, 1), got {sc.skip_dropout}")
     for key in ("latency_warmin_epochs", "latency_ramp_epochs"):

@@ -48,7 +48,8 @@ def frozen(params: list[nn.Parameter]) -> Iterator[None]:
 class Architect:
     """Owns the architecture optimizer; `step(images, labels, epoch, step, steps_per_epoch)` is
     one α + GGM update. Two parameter groups: α with `search.a_weight_decay`, the GGM without
-    (a decay would pull θ, φ, W back to zero faster than their small gradients move them)."""
+    (a decay would pull θ, φ, W back to zero faster than their small gradients move them) and at
+    `search.ggm_lr_scale` times α's learning rate."""
 
     def __init__(self, supernet: Any, criterion: nn.Module, search_cfg: Any, budget: LatencyBudget,
                  relaxation: Relaxation, info: D.DistInfo | None = None,
@@ -58,9 +59,10 @@ class Architect:
         self.info = info or D.DistInfo()
         self.amp = precision or Precision("none", "cpu")
         self.params = list(supernet.arch_parameters())
-        groups = [{"params": list(supernet.alphas), "weight_decay": search_cfg.a_weight_decay}]
+        groups = [{"params": list(supernet.alphas), "weight_decay": search_cfg.a_weight_decay, "lr_scale": 1.0}]
         if supernet.ggm_parameters():
-            groups.append({"params": supernet.ggm_parameters(), "weight_decay": 0.0})
+            groups.append({"params": supernet.ggm_parameters(), "weight_decay": 0.0,
+                           "lr_scale": float(search_cfg.ggm_lr_scale)})
         self.optimizer = torch.optim.Adam(groups, lr=search_cfg.a_lr, betas=tuple(search_cfg.a_betas))
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int,
@@ -90,8 +92,9 @@ class Architect:
              steps_per_epoch: int = 1) -> dict[str, Any]:
         """One update. Returns the losses averaged over processes (python floats) and
         `finite`; a non-finite loss leaves α and the GGM untouched (the caller stops the run)."""
+        lr = self.lr(epoch, step, steps_per_epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr(epoch, step, steps_per_epoch)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         weights = self.supernet.weight_parameters()
         self.optimizer.zero_grad(set_to_none=True)
         with frozen(weights):
