@@ -157,9 +157,11 @@ def stage_budget(args: argparse.Namespace, out: Path, cfg: Any) -> dict[str, Any
 
 def stage_search(args: argparse.Namespace, out: Path, budget: dict[str, Any], walls: dict[str, float]) -> Path:
     if args.genotype:
-        path = Path(args.genotype)
+        from gasnas.space.genotype import resolve_genotype
+
+        path = resolve_genotype(args.genotype)  # a file, or a shipped genotype's name
         if not path.is_file():
-            raise SystemExit(f"--genotype {path}: no such file")
+            raise SystemExit(f"--genotype {path}: no such file or shipped genotype")
         return path
     run_dir = out / "search"
     genotype = run_dir / "genotype.json"
@@ -464,7 +466,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--target-ratio", type=float, default=0.8,
                     help="search budget as a fraction of LR-ASPP's latency measured here first (default 0.8)")
     ap.add_argument("--target-ms", type=float, default=None, help="search budget in ms (overrides --target-ratio)")
-    ap.add_argument("--genotype", default=None, metavar="PATH", help="train this genotype JSON; no search")
+    ap.add_argument("--genotype", default=None, metavar="PATH", help="train this genotype JSON (or a shipped genotype's name, configs/genotypes); no search")
     ap.add_argument("--search-epochs", type=int, default=None, help="default: the recipe's search.epochs")
     ap.add_argument("--warmup-epochs", type=int, default=None, help="default: the recipe's search.warmup_epochs")
     ap.add_argument("--train-epochs", type=int, default=None, help="both nets (default: the recipe's train.epochs)")
