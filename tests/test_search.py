@@ -167,7 +167,11 @@ def test_final_genotype_selection_with_a_target() -> None:
             {"epoch": 3, "phase": "search", "genotype": "g3", "measured_ms": 13.0, "predicted_ms": 9},
             {"epoch": 4, "phase": "search", "genotype": "g4", "measured_ms": 12.0, "predicted_ms": 9}]
     assert SearchRun.select_final(fake(rows))[0] == 2  # latest post-warm-up epoch within ±10%
-    assert SearchRun.select_final(fake(rows[:1] + rows[2:]))[0] == 4  # none within: closest
+    assert SearchRun.select_final(fake(rows[:1] + rows[2:]))[0] == 4  # none within: the last
+    # an epoch inside the budget that the search went on to change is not the result
+    longer = rows + [{"epoch": e, "phase": "search", "genotype": f"g{e}", "measured_ms": 13.0, "predicted_ms": 9}
+                     for e in (5, 6, 7)]
+    assert SearchRun.select_final(fake(longer))[0] == 7
     assert SearchRun.select_final(fake(rows, loss="linear"))[0] == 4  # no target: the last
     # with calm-phase ratios, the end-of-search reference scale decides, not the logged ms
     scaled = [{**r, "latency_ratio": r["measured_ms"] / 20.0} for r in rows]
