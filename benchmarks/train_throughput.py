@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     def stepper(net: torch.nn.Module, forward: torch.nn.Module | None = None):
         net.to(memory_format=fmt).train()
         opt = make_optimizer(net, tc)
-        forward = forward or net
+        forward = net if forward is None else forward
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
