@@ -139,7 +139,6 @@ def predict_images(model: nn.Module, meta: dict[str, Any], inputs: list[str | Pa
     images are skipped with one line on stderr naming the file; the rest are written."""
     from tqdm import tqdm
 
-
     items = collect_images(inputs)
     out_dir = Path(out_dir)
     model = model.eval().to(device)

@@ -137,7 +137,6 @@ def logit_adjust_checkpoint(path: Path, cfg: Any, device: torch.device,
     its meta, which this returns. None when the checkpoint records one already."""
     from torch.utils.data import Subset
 
-
     ck = torch_load(path)
     meta = ck.get("meta") or {}
     if "logit_adjust" in meta:

@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from gasnas import viz
 from gasnas.config import Config, search_data_config
 from gasnas.data import build_dataset, class_names
 from gasnas.engine import checkpoint as ckpt_io
@@ -231,7 +230,6 @@ class SearchRun(EpochLoop):
 
     def __init__(self, cfg: Config, rt: Runtime, run_dir: Path, resume: dict[str, Any] | None,
                  ckpt_every_steps: int = 0, show_progress: bool = True) -> None:
-
         self.cfg, self.rt, self.run_dir = cfg, rt, run_dir
         self.info, self.device, self.main = rt.dist, rt.device, rt.main
         self.ckpt_every = int(ckpt_every_steps or 0)
@@ -313,7 +311,6 @@ class SearchRun(EpochLoop):
     # ------------------------------------------------------------------ latency budget
 
     def _derive(self, provenance: dict[str, Any] | None = None) -> Any:
-
         return derive_genotype(self.supernet, provenance or {}, None, max_skip=self.cfg.search.max_skip_per_cell)
 
     def _refresh_budget(self, ramp: float) -> float:
@@ -435,7 +432,6 @@ class SearchRun(EpochLoop):
         return D.broadcast_object(ms, self.info)
 
     def _end_epoch(self) -> None:
-
         cfg, e = self.cfg, self.epoch
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -524,6 +520,7 @@ class SearchRun(EpochLoop):
         }
 
     def _plots(self, op_weights: list[torch.Tensor]) -> None:
+        from gasnas import viz  # matplotlib: loaded only when a run plots
 
         rows = self.metrics.rows()
         plots = self.run_dir / "plots"
@@ -607,6 +604,7 @@ class SearchRun(EpochLoop):
                 f"search.a_lr ({sc.a_lr:g}).", self.main)
 
     def _finish(self) -> Path:
+        from gasnas import viz  # matplotlib: loaded only when a run plots
 
         final = self.run_dir / "genotype.json"
         if self.main:

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from gasnas import viz
 from gasnas.config import Config
 from gasnas.data import MEAN, STD, build_dataset, class_names, denormalize, palette
 from gasnas.engine import checkpoint as ckpt_io
@@ -61,7 +60,6 @@ from gasnas.fileio import torch_load
 from gasnas.models import PEERS, build_peer
 from gasnas.space.derived import DerivedNet, checkpoint_payload
 from gasnas.space.genotype import Genotype, resolve_genotype
-from gasnas.viz import plot_predictions
 
 TRAIN_STREAM = 3
 LAST, BEST = "last.pt", "best.pt"
@@ -154,7 +152,6 @@ class TrainRun(EpochLoop):
     def __init__(self, cfg: Config, rt: Runtime, run_dir: Path, genotype: Any, genotype_source: str,
                  resume: dict[str, Any] | None, ckpt_every_steps: int = 0,
                  show_progress: bool = True) -> None:
-
         self.cfg, self.rt, self.run_dir = cfg, rt, run_dir
         self.info, self.device, self.main = rt.dist, rt.device, rt.main
         self.ckpt_every = int(ckpt_every_steps or 0)
@@ -248,7 +245,6 @@ class TrainRun(EpochLoop):
         return self.ema.module if self.ema is not None else self.model
 
     def payload(self, resumable: bool) -> dict[str, Any]:
-
         extra: dict[str, Any] = {"kind": "train" if resumable else "trained"}
         if resumable:
             extra.update(
@@ -394,6 +390,7 @@ class TrainRun(EpochLoop):
         self.save_checkpoint()
 
     def _plots(self, evaluated: bool) -> None:
+        from gasnas import viz  # matplotlib: loaded only when a run plots
 
         rows = self.metrics.rows()
         plots = self.run_dir / "plots"
@@ -405,6 +402,7 @@ class TrainRun(EpochLoop):
                 self.metrics.tensorboard.image("predictions", plots / "predictions.png", int(rows[-1].get("epoch") or 0))
 
     def _plot_examples(self, path: Path, n: int = 4) -> None:
+        from gasnas.viz import plot_predictions  # matplotlib: loaded only when a run plots
 
         images, labels, preds = [], [], []
         model = self.eval_model

@@ -160,7 +160,6 @@ class CalmLatency:
                 "reference_calm_ms": self.reference_calm_ms, "ratios": dict(self.ratios)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-
         ref = state.get("reference")
         self.reference = Genotype.from_dict(ref, "checkpoint: calm_latency.reference") if ref is not None else None
         self.reference_calm_ms = float(state.get("reference_calm_ms", math.inf))
@@ -169,7 +168,6 @@ class CalmLatency:
 
 def _run(request_path: str) -> dict[str, Any]:
     import torch
-
 
     request = json.loads(Path(request_path).read_text())
     threads = int(request["threads"])

@@ -43,7 +43,6 @@ class InProcessLatency:
         self.lat_cfg = lat_cfg
 
     def measure(self, genotype: Any) -> float:
-
         with torch.random.fork_rng(devices=[]):
             return float(measure_genotype_ms(genotype, self.lat_cfg))
 
