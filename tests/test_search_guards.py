@@ -414,6 +414,48 @@ def test_max_skip_per_cell_keeps_the_strongest_skips() -> None:
     assert [op for *_, op in derive_cell(w, ops, nodes=2, max_skip=0)].count("skip_connect") == 0
 
 
+def _fit_case():
+    """One cell, nodes=2 (edges (0,0) (1,0) (0,1) (1,1) (2,1)); costs per op: skip 0, pool 1,
+    sep 3, conv 9 ms on every edge; a fixed part of 10 ms."""
+    ops = ["none", "skip_connect", "max_pool_3x3", "sep_conv_3x3", "conv_3x3"]
+    space = SpaceConfig(ops=ops, nodes=2, cells_per_stage=[1], stage_channels=[16], stem_channels=[8, 8, 16])
+    cost = torch.tensor([0.0, 0.0, 1.0, 3.0, 9.0]).repeat(5, 1)
+    w = torch.tensor([[0.0, 0.05, 0.05, 0.10, 0.80],   # conv, sure of it
+                      [0.0, 0.05, 0.05, 0.45, 0.45],   # conv by a hair over sep
+                      [0.0, 0.02, 0.08, 0.10, 0.80],
+                      [0.0, 0.02, 0.08, 0.40, 0.50],   # conv, sep close behind
+                      [0.0, 0.01, 0.01, 0.01, 0.97]])
+    w[1, 4] += 1e-3
+    edges = [(0, 0, "conv_3x3"), (1, 0, "conv_3x3"), (0, 1, "conv_3x3"), (1, 1, "conv_3x3")]
+    geno = Genotype(space, 11, [CellGene(False, edges)])
+
+    def predict(g):
+        index = {(0, 0): 0, (1, 0): 1, (0, 1): 2, (1, 1): 3, (2, 1): 4}
+        return 10.0 + sum(float(cost[index[(s, d)], ops.index(o)]) for c in g.cells for s, d, o in c.edges)
+
+    return geno, [w], SimpleNamespace(costs=[cost], predict=predict)
+
+
+def test_fit_to_budget_swaps_the_least_preferred_ops_until_the_net_fits() -> None:
+    from gasnas.latency.budget import fit_to_budget
+
+    geno, weights, est = _fit_case()
+    assert est.predict(geno) == 46.0
+    same, swaps = fit_to_budget(geno, weights, est, limit_ms=50.0, max_skip=1)
+    assert same is geno and swaps == 0  # already within the budget: the argmax net itself
+    fitted, swaps = fit_to_budget(geno, weights, est, limit_ms=40.0, max_skip=1)
+    # one swap saves 6 ms: the edge whose α' barely prefers conv over sep gives it up
+    assert swaps == 1 and fitted.cells[0].edges[1] == (1, 0, "sep_conv_3x3")
+    assert fitted.predicted_latency_ms == est.predict(fitted) == 40.0
+    assert geno.cells[0].edges[1] == (1, 0, "conv_3x3")  # the argmax genotype is left as it was
+    fitted, swaps = fit_to_budget(geno, weights, est, limit_ms=34.0, max_skip=1)
+    assert [op for *_, op in fitted.cells[0].edges] == ["conv_3x3", "sep_conv_3x3", "conv_3x3", "sep_conv_3x3"]
+    cheapest, _ = fit_to_budget(geno, weights, est, limit_ms=0.0, max_skip=1)
+    ops = [op for *_, op in cheapest.cells[0].edges]
+    assert ops.count("skip_connect") == 1 and ops.count("max_pool_3x3") == 3  # at most max_skip skips, never none
+    assert cheapest.predicted_latency_ms == 13.0  # no swap left: the cheapest derivable net, above the limit
+
+
 def test_alpha_margin_is_the_gap_between_the_two_likeliest_ops() -> None:
     from gasnas.engine.search import alpha_margin, alpha_spread
 

@@ -212,6 +212,10 @@ class SearchConfig:
     balance_latency: bool = True    # latency gradient per stage scaled by that stage's CE gradient (mean 1)
     skip_dropout: float = 0.0       # P-DARTS: each edge's skip_connect dropped with this probability per step
     max_skip_per_cell: int | None = 2  # P-DARTS: derivation keeps at most this many skip edges per cell
+    # With a budget (latency.loss target): each epoch's genotype is the argmax net with the least
+    # preferred op swaps that bring its calibrated prediction within T (latency/budget.py
+    # fit_to_budget), so a search whose α' settled before λ won still ships a net in budget
+    derive_within_budget: bool = False
     # Mixed precision of the weight and architecture steps' forward + loss and of the supernet's
     # evaluation (engine/amp.py): none = fp32; bf16 / fp16 = torch.autocast (fp16 with a
     # GradScaler per optimizer). α, the GGM, the latency term and every optimizer stay fp32.

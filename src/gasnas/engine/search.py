@@ -60,7 +60,7 @@ from gasnas.engine.sampling import EpochBatches, batch_loader, eval_loader, spli
 from gasnas.errors import GasnasError
 from gasnas.ggm import adjacency_entropy
 from gasnas.latency import LatencyEstimator, LatencyTable, get_or_build_lut
-from gasnas.latency.budget import LatencyBudget
+from gasnas.latency.budget import LatencyBudget, fit_to_budget
 from gasnas.latency.timers import derived_net_timer
 from gasnas.space.genotype import Genotype, derive_genotype
 from gasnas.space.network import net_stride, padded_size
@@ -439,7 +439,13 @@ class SearchRun(EpochLoop):
             expected = float(self.estimator.expected_ms([w.to(self.device) for w in op_weights]))
             adj_entropy = adjacency_entropy(self.supernet.ggm, list(self.supernet.alphas))
         genotype = self._derive(self._provenance(e + 1))
+        argmax_ms = float(self.estimator.predict(genotype))
+        swaps = 0
+        if cfg.search.derive_within_budget and self.budget.targeted:
+            genotype, swaps = fit_to_budget(genotype, op_weights, self.estimator, self.budget.predicted_limit_ms(),
+                                            cfg.search.max_skip_per_cell)
         genotype.predicted_latency_ms = float(self.estimator.predict(genotype))
+        genotype.provenance.update(argmax_predicted_ms=argmax_ms, budget_swaps=swaps)
         measured = self._measure(genotype)
         genotype.provenance["measured_latency_ms"] = measured
         with self.supernet.using(self.relaxation.eval_weights(self.supernet)):
@@ -476,6 +482,8 @@ class SearchRun(EpochLoop):
             "lat_loss": _mean(self.accum["a_lat"], self.accum["a_n"]),
             "expected_ms": expected,
             "predicted_ms": genotype.predicted_latency_ms,
+            "argmax_predicted_ms": argmax_ms,  # the argmax net of α', before fit_to_budget
+            "budget_swaps": swaps,
             "measured_ms": measured,
             # the measured net's latency / the reference net's: select_final re-scales it with
             # the reference's calmest timing at the end of the search
@@ -503,7 +511,8 @@ class SearchRun(EpochLoop):
                 f"E[Lat] {expected:.2f} ms, derived {genotype.predicted_latency_ms:.2f} ms predicted / "
                 f"{ms} measured, supernet val mIoU {100 * result['miou']:.2f}, λ {lam_used:.3g}, "
                 f"α' spread {row['alpha_spread_mean'] or 0:.3f} (top-2 margin {row['alpha_margin_mean'] or 0:.3f}), edges changed {moved}, "
-                f"skip {100 * row['skip_share']:.0f}%", True)
+                f"skip {100 * row['skip_share']:.0f}%"
+                + (f", {swaps} ops swapped to fit the budget (argmax net {argmax_ms:.2f} ms)" if swaps else ""), True)
         D.barrier(self.info)
         self.epoch, self.step = e + 1, 0
         self.accum = _new_accum()

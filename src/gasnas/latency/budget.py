@@ -17,6 +17,12 @@ Per step (`loss`, then `after_step`):
   ascent, instead of doubling or halving λ once per epoch from one measurement).
 
 Per epoch (`end_epoch`): the derived net's measured latency updates the calibration c.
+
+At derivation (`fit_to_budget`, `search.derive_within_budget`): the argmax net of α' is what the
+budget above steers; the net a search *ships* must also meet the budget when α' has settled
+before λ won (the latency gradient through a saturated softmax vanishes). So the epoch's
+genotype is the argmax net with the fewest, least-preferred op swaps that bring its calibrated
+prediction within T; α' still ranks every choice, and the metrics log how far its argmax was.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from typing import Any
 import torch
 
 from gasnas.latency.estimator import latency_loss
+from gasnas.space.cell import edge_index
+from gasnas.space.genotype import SKIP_OP, CellGene, Genotype
+from gasnas.space.ops import OPS
 
 STAGE_EMA = 0.9        # weight of the running per-stage CE gradient RMS against a new step's
 LAMBDA_RANGE = 1e3     # λ stays within [λ0 / this, λ0 · this]
@@ -116,6 +125,10 @@ class LatencyBudget:
             lam = self.lam * math.exp(float(self.lat_cfg.lambda_lr) * excess)
             self.lam = float(min(self.lam0 * LAMBDA_RANGE, max(self.lam0 / LAMBDA_RANGE, lam)))
 
+    def predicted_limit_ms(self) -> float:
+        """The budget on the LUT's scale: T over the calibration (measured / predicted)."""
+        return float(self.lat_cfg.target_ms) / self.calibration
+
     def end_epoch(self, predicted_ms: float, measured_ms: float | None) -> None:
         """A measurement of the derived net recalibrates d (basis `measured`)."""
         if (self.lat_cfg.target_basis == "measured" and measured_ms is not None and measured_ms > 0
@@ -133,3 +146,53 @@ class LatencyBudget:
         self.derived_ms = state.get("derived_ms")
         grads = state.get("stage_grad")
         self.stage_grad = [float(g) for g in grads] if grads is not None else None
+
+
+def fit_to_budget(genotype: Genotype, op_weights: list[torch.Tensor], estimator: Any, limit_ms: float,
+                  max_skip: int | None = None) -> tuple[Genotype, int]:
+    """The argmax genotype with kept edges' ops swapped to cheaper ones until its predicted
+    latency is at most `limit_ms`: greedily, each time the swap that gives up the least
+    log-probability per millisecond saved (log w_current − log w_new over cost_current −
+    cost_new, w = softmax(α') of that edge). The kept edges stay; `none` is never chosen and
+    `skip_connect` only while the cell has fewer than `max_skip` skips. Returns the genotype
+    (the input itself when it already fits) and the number of swaps; stops when no swap is
+    left (the cheapest derivable net), even above the limit."""
+    ops = genotype.space.ops
+    edges = edge_index(genotype.space.nodes)
+    usable = [not OPS[o].free for o in ops]
+    cells = [[list(e) for e in cell.edges] for cell in genotype.cells]
+    costs = [c.double().cpu() for c in estimator.costs]
+    logw = [w.detach().double().cpu().clamp_min(1e-30).log() for w in op_weights]
+    total = estimator.predict(genotype)
+    swaps = 0
+    while total > limit_ms:
+        best: tuple[float, int, int, int, float] | None = None  # (price, cell, kept index, op, saved)
+        for k, kept in enumerate(cells):
+            skips = sum(1 for _, _, o in kept if o == SKIP_OP)
+            for i, (src, dst, op) in enumerate(kept):
+                e, cur = edges.index((src, dst)), ops.index(op)
+                for o, name in enumerate(ops):
+                    if not usable[o] or o == cur:
+                        continue
+                    if name == SKIP_OP and max_skip is not None and skips >= max_skip:
+                        continue
+                    saved = float(costs[k][e, cur] - costs[k][e, o])
+                    if saved <= 1e-9:
+                        continue
+                    price = max(0.0, float(logw[k][e, cur] - logw[k][e, o])) / saved
+                    if best is None or (price, k, i, o) < best[:4]:
+                        best = (price, k, i, o, saved)
+        if best is None:
+            break
+        _, k, i, o, saved = best
+        cells[k][i][2] = ops[o]
+        total -= saved
+        swaps += 1
+    if not swaps:
+        return genotype, 0
+    fitted = Genotype(genotype.space, genotype.num_classes,
+                      [CellGene(c.reduction, [(int(s), int(d), str(o)) for s, d, o in kept])
+                       for c, kept in zip(genotype.cells, cells)],
+                      None, dict(genotype.provenance))
+    fitted.predicted_latency_ms = estimator.predict(fitted)
+    return fitted, swaps
