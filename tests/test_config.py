@@ -33,12 +33,26 @@ def test_overrides_are_typed() -> None:
     ("data.crop_size=[64]", "config key 'data.crop_size'"),
     ("latency.loss=target", "config key 'latency.target_ms': required"),
     ("search.epochs", "expected KEY=VALUE"),
+    ("latency.target_ratio=0.8", "config key 'latency.target_ratio': needs latency.loss 'target'"),
 ])
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(GasnasError, match=None) as err:
         load_config(None, [override])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["latency.target_ratio=0"], "config key 'latency.target_ratio': expected a positive fraction"),
+    (["latency.target_ratio=0.8", "latency.target_ms=30"], "set either it or latency.target_ms, not both"),
+    (["latency.target_ratio=0.8", "latency.reference_peer=lraspp"], "config key 'latency.reference_peer': unknown peer 'lraspp' (did you mean 'lraspp_mobilenet_v3_large'?)"),
+])
+def test_a_budget_relative_to_a_peer_is_checked(overrides: list[str], message: str) -> None:
+    with pytest.raises(GasnasError) as err:
+        load_config(None, ["latency.loss=target", *overrides])
+    assert message in str(err.value) and "\n" not in str(err.value)
+    cfg = load_config(None, ["latency.loss=target", "latency.target_ratio=0.8"])
+    assert cfg.latency.target_ratio == 0.8 and cfg.latency.target_ms is None
 
 
 def test_base_inheritance(tmp_path) -> None:

@@ -304,6 +304,34 @@ def test_isolated_measurement_runs_in_a_child_and_reports_its_errors() -> None:
         measure_genotype_isolated(one_op_genotype("warp_conv"), LAT, threads=1)
 
 
+def test_a_peer_can_be_the_isolated_reference_and_round_trips() -> None:
+    """`latency.target_ratio`: the child times a derived net beside a peer network; the
+    reference is saved and read back as the peer, and a CalmLatency reports the peer's ms."""
+    from gasnas.latency.isolated import (
+        CalmLatency,
+        PeerReference,
+        measure_genotype_isolated,
+        reference_from_dict,
+    )
+
+    peer = PeerReference("lraspp_mobilenet_v3_large", CLASSES)
+    assert reference_from_dict(peer.to_dict(), "x") == peer
+    assert isinstance(reference_from_dict(one_op_genotype("conv_3x3").to_dict(), "x"), Genotype)
+    with pytest.raises(GasnasError, match="x: a peer reference needs"):
+        reference_from_dict({"peer": "lraspp_mobilenet_v3_large"}, "x")
+    t = measure_genotype_isolated(one_op_genotype("conv_3x3"), LAT, threads=1, rounds=1, reference=peer)
+    assert len(t.reference_ms) == 1 and t.reference_ms[0] > 0 and t.ratio > 0
+    timer = CalmLatency(LAT, threads=1, rounds=1, reference=peer)
+    assert timer.peer_ms() is None  # nothing timed yet
+    ms = timer.measure(one_op_genotype("skip_connect"))
+    assert timer.peer_ms() == timer.reference_calm_ms and ms == pytest.approx(
+        timer.ratio(one_op_genotype("skip_connect")) * timer.peer_ms())
+    restored = CalmLatency(LAT, threads=1)
+    restored.load_state_dict(timer.state_dict())
+    assert restored.reference == peer and restored.peer_ms() == timer.peer_ms()
+    assert CalmLatency(LAT, threads=1).peer_ms() is None  # a genotype reference is no peer
+
+
 def test_calm_latency_scales_ratios_by_the_calmest_reference(monkeypatch) -> None:
     from gasnas.latency import isolated
     from gasnas.latency.sampling import genotype_signature

@@ -152,6 +152,29 @@ def test_target_mode_adapts_lambda_every_step_from_the_calibrated_derived_net(tm
     assert "within" in capsys.readouterr().err  # the warning says the target was missed
 
 
+def test_target_ratio_sets_the_budget_from_the_peer_timed_on_the_search_scale(tmp_path_factory, single_thread) -> None:
+    """`--target-ratio R`: T = R × LR-ASPP's latency as the search's timer measures it, set before
+    the first step and after every epoch's measurement, and recorded with the genotype."""
+    data, lut = data_root(tmp_path_factory), shared_lut(tmp_path_factory)
+    cfg = tiny_config(data, tmp_path_factory.mktemp("ratio"), "r", f"latency.lut={lut}",
+                      "search.measure_derived=true", "search.measure_isolated=false",
+                      "search.derive_within_budget=true")
+    recipe = _write_config(cfg, cfg.run_dir.parent / "r.yaml")
+    assert main(["search", "--config", str(recipe), "--target-ratio", "0.05", "--no-progress"]) == 0
+    rows = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    peer_ms = rows[0]["peer_ms"]
+    assert peer_ms > 0 and all(r["peer_ms"] == peer_ms for r in rows)  # in-process: timed once
+    assert all(r["budget_ms"] == pytest.approx(0.05 * peer_ms) for r in rows)
+    g = Genotype.load(cfg.run_dir / "genotype.json")
+    assert g.provenance["target_ratio"] == 0.05 and g.provenance["reference_peer"] == "lraspp_mobilenet_v3_large"
+    assert g.provenance["target_ms"] == pytest.approx(0.05 * peer_ms)
+    # a budget this tight forces swaps: the shipped net is no slower than α's argmax net
+    assert all(r["predicted_ms"] <= r["argmax_predicted_ms"] + 1e-9 for r in rows)
+    assert any(r["budget_swaps"] > 0 for r in rows)
+    saved = yaml.safe_load((cfg.run_dir / "config.yaml").read_text())["latency"]
+    assert (saved["loss"], saved["target_ratio"], saved["target_ms"]) == ("target", 0.05, None)
+
+
 def test_final_genotype_selection_with_a_target() -> None:
     from gasnas.config import LatencyConfig
     from gasnas.latency.isolated import CalmLatency
@@ -160,7 +183,8 @@ def test_final_genotype_selection_with_a_target() -> None:
     def fake(rows, loss="target", target=10.0):
         lat = SimpleNamespace(loss=loss, target_ms=target)
         return SimpleNamespace(metrics=SimpleNamespace(rows=lambda: rows), run_dir=Path("r"), main=False,
-                               cfg=SimpleNamespace(latency=lat), timer=InProcessLatency(lat))
+                               cfg=SimpleNamespace(latency=lat), timer=InProcessLatency(lat),
+                               budget=SimpleNamespace(target_ms=target))
 
     rows = [{"epoch": 1, "phase": "warmup", "genotype": "g1", "measured_ms": 10.0, "predicted_ms": 9},
             {"epoch": 2, "phase": "search", "genotype": "g2", "measured_ms": 10.5, "predicted_ms": 9},

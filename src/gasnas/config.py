@@ -124,6 +124,12 @@ class LatencyConfig:
     loss: Literal["linear", "log", "target"] = "linear"
     weight: float = 0.002
     target_ms: float | None = None
+    # A budget relative to a peer instead of milliseconds: T = target_ratio x the latency of
+    # `reference_peer` (gasnas.models.PEERS, random weights) measured by the search on this machine,
+    # beside every derived net it times (latency/isolated.py), so T and the derived nets share a
+    # scale whatever the machine's speed. Implies loss `target`; excludes target_ms.
+    target_ratio: float | None = None
+    reference_peer: str = "lraspp_mobilenet_v3_large"
     target_weight: float = 1.0  # initial λ in `target` mode: the hinge λ·max(0, E/T - 1) is relative, not in ms
     # `target` mode: what the budget T bounds. `measured`: the derived net as measured — the
     # hinge compares E[Lat] with T·r, r = E[Lat] / the derived net's latency measured at the
@@ -524,8 +530,22 @@ def validate(cfg: Config) -> None:
             raise GasnasError(f"config key 'space.ops[{i}]': unknown op '{op}'{_closest(op, sorted(OPS))}")
     if len([o for o in sp.ops if o != "none"]) == 0:
         raise GasnasError("config key 'space.ops': needs at least one op other than 'none'")
-    if cfg.latency.loss == "target" and cfg.latency.target_ms is None:
-        raise GasnasError("config key 'latency.target_ms': required when latency.loss is 'target'")
+    lc = cfg.latency
+    if lc.target_ratio is not None:
+        if not lc.target_ratio > 0:
+            raise GasnasError(f"config key 'latency.target_ratio': expected a positive fraction, got {lc.target_ratio}")
+        if lc.target_ms is not None:
+            raise GasnasError("config key 'latency.target_ratio': set either it or latency.target_ms, not both")
+        if lc.loss != "target":
+            raise GasnasError("config key 'latency.target_ratio': needs latency.loss 'target' (or use --target-ratio)")
+        from gasnas.models import PEERS
+
+        if lc.reference_peer not in PEERS:
+            raise GasnasError(f"config key 'latency.reference_peer': unknown peer '{lc.reference_peer}'"
+                              f"{_closest(lc.reference_peer, list(PEERS))}")
+    elif lc.loss == "target" and lc.target_ms is None:
+        raise GasnasError("config key 'latency.target_ms': required when latency.loss is 'target' "
+                          "(or a budget relative to a peer: latency.target_ratio)")
     if cfg.search.warmup_epochs > cfg.search.epochs:
         raise GasnasError("config key 'search.warmup_epochs': larger than search.epochs")
     sc = cfg.search

@@ -51,7 +51,8 @@ def _run_guarded(fn) -> int:
 def _search(args: argparse.Namespace) -> int:
     from gasnas.engine.search import run_search, with_target
 
-    cfg = with_target(_config(args, Path(args.resume) / "config.yaml" if args.resume else None), args.target_ms)
+    cfg = with_target(_config(args, Path(args.resume) / "config.yaml" if args.resume else None), args.target_ms,
+                      args.target_ratio)
     return _run_guarded(lambda: run_search(cfg, args.resume, ckpt_every_steps=args.ckpt_every_steps,
                                            show_progress=not args.no_progress))
 
@@ -172,6 +173,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-ms", type=float, default=None, metavar="T",
                    help="latency budget: hinge loss toward T ms, λ adapted between epochs from the "
                         "measured latency of the derived net")
+    p.add_argument("--target-ratio", type=float, default=None, metavar="R",
+                   help="latency budget relative to a peer: T = R x the latency of latency.reference_peer "
+                        "(default LR-ASPP) timed beside the derived nets on this machine")
     _run_options(p)
     p.set_defaults(func=_search)
 

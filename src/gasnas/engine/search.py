@@ -61,6 +61,7 @@ from gasnas.errors import GasnasError
 from gasnas.ggm import adjacency_entropy
 from gasnas.latency import LatencyEstimator, LatencyTable, get_or_build_lut
 from gasnas.latency.budget import LatencyBudget, fit_to_budget
+from gasnas.latency.isolated import PeerReference, reference_from_dict
 from gasnas.latency.timers import derived_net_timer
 from gasnas.space.genotype import Genotype, derive_genotype
 from gasnas.space.network import net_stride, padded_size
@@ -298,11 +299,13 @@ class SearchRun(EpochLoop):
         self.previous_edges: list[Any] | None = None  # the last epoch's, for the share of changed edges
         threads = lc.threads or lut.env.get("threads") or torch.get_num_threads()
         # how derived nets are timed (latency/timers.py): a fresh process on the calm-phase scale, or here
-        self.timer = derived_net_timer(lc, int(threads), sc.measure_isolated, sc.measure_rounds)
+        peer = PeerReference(lc.reference_peer, self.num_classes) if lc.target_ratio is not None else None
+        self.timer = derived_net_timer(lc, int(threads), sc.measure_isolated, sc.measure_rounds, peer)
         self.plot_throttle = PlotThrottle()
         if resume is not None:
             self._restore(resume)  # restores the budget too
         else:
+            self._budget_from_peer()
             self._refresh_budget(ramp=0.0)
             if self.main:
                 self.metrics.reset()
@@ -312,6 +315,25 @@ class SearchRun(EpochLoop):
 
     def _derive(self, provenance: dict[str, Any] | None = None) -> Any:
         return derive_genotype(self.supernet, provenance or {}, None, max_skip=self.cfg.search.max_skip_per_cell)
+
+    def _budget_from_peer(self) -> None:
+        """`latency.target_ratio`: T = ratio × the peer's latency on the scale the derived nets
+        are measured on (rank 0 times it; a calm-phase timer learns it beside a derived net).
+        Called at the start and after each epoch's measurement, so T follows the peer's calmest
+        timing as the derived nets' milliseconds do."""
+        ratio = self.cfg.latency.target_ratio
+        if ratio is None:
+            return
+        ms = None
+        if self.main:
+            ms = self.timer.peer_ms()
+            if ms is None:
+                self.timer.measure(self._derive())
+                ms = self.timer.peer_ms()
+        ms = D.broadcast_object(ms, self.info)
+        if ms is None:
+            raise GasnasError("latency.target_ratio: the reference peer could not be timed")
+        self.budget.set_target(ratio * float(ms))
 
     def _refresh_budget(self, ramp: float) -> float:
         """After an architecture step (and at the start): E[Lat] and the derived net's LUT
@@ -453,6 +475,7 @@ class SearchRun(EpochLoop):
                               info=self.info, class_names=self.class_names, amp=cfg.search.amp)
         lam_used, scale_used = self.budget.lam, self.budget.budget_scale
         self.budget.end_epoch(genotype.predicted_latency_ms, measured)
+        self._budget_from_peer()
         changed = changed_fraction(self.previous_edges, genotype)
         self.previous_edges = kept_edges(genotype)
         entropy, spread, margin = alpha_entropy(op_weights), alpha_spread(op_weights), alpha_margin(op_weights)
@@ -466,7 +489,8 @@ class SearchRun(EpochLoop):
             "lambda": lam_used,
             "lambda_eff_mean": _mean(self.accum["lam_eff"], n_arch),
             "budget_scale": scale_used,
-            "budget_ms": cfg.latency.target_ms if self.budget.targeted else None,
+            "budget_ms": self.budget.target_ms if self.budget.targeted else None,
+            "peer_ms": self.timer.peer_ms() if cfg.latency.target_ratio is not None and self.main else None,
             "calibration": self.budget.calibration,
             "derived_ms_mean": _mean(self.accum["derived_ms"], n_arch),
             "stage_balance": self.budget.cell_balance() and sorted(set(
@@ -525,7 +549,9 @@ class SearchRun(EpochLoop):
             "config": cfg.name, "run_dir": str(self.run_dir), "epoch": epoch,
             "latency_device": cfg.latency.device, "latency_backend": cfg.latency.backend,
             "latency_input_size": list(cfg.latency.input_size), "latency_loss": cfg.latency.loss,
-            "target_ms": cfg.latency.target_ms, "world_size": self.info.world,
+            "target_ms": self.budget.target_ms, "world_size": self.info.world,
+            **({"target_ratio": cfg.latency.target_ratio, "reference_peer": cfg.latency.reference_peer}
+               if cfg.latency.target_ratio is not None else {}),
         }
 
     def _plots(self, op_weights: list[torch.Tensor]) -> None:
@@ -566,7 +592,7 @@ class SearchRun(EpochLoop):
         if not rows:
             raise GasnasError(f"{self.run_dir}: no epoch finished, no genotype to write")
         last = rows[-1]
-        target = self.cfg.latency.target_ms
+        target = self.budget.target_ms
         if self.cfg.latency.loss != "target" or not target:
             return last["epoch"], last
         pool = ([r for r in rows if r.get("phase") == "search"] or rows)[-(SETTLE_EPOCHS + 1):]
@@ -619,7 +645,7 @@ class SearchRun(EpochLoop):
         if self.main:
             epoch, row = self.select_final()
             genotype = Genotype.load(self.run_dir / row["genotype"])
-            target = self.cfg.latency.target_ms
+            target = self.budget.target_ms
             measured = self.measured_ms(row)
             settled = self.settledness()
             genotype.provenance.update(selected_epoch=epoch, search_epochs=self.cfg.search.epochs,
@@ -659,8 +685,8 @@ def prepare_run_dir(cfg: Config, resume: str | Path | None, rt: Runtime) -> tupl
 
 
 def calm_reference(run_dir: str | Path) -> tuple[Any, float]:
-    """A finished search's latency reference: (the reference net's genotype, its calmest timing
-    in ms over the whole search), from the run's last checkpoint. Re-measurements that use the
+    """A finished search's latency reference: (the reference, a genotype or a PeerReference, and
+    its calmest timing in ms over the whole search), from the run's last checkpoint. Re-measurements that use the
     same reference start from that timing, so a report that happens to run in a slow phase
     stays on the search's scale (latency/isolated.py)."""
 
@@ -668,16 +694,23 @@ def calm_reference(run_dir: str | Path) -> tuple[Any, float]:
     state = ckpt_io.load(path, "search").get("calm_latency") or {}
     if state.get("reference") is None:
         raise GasnasError(f"{path}: the search measured no derived net (search.measure_isolated off?)")
-    return Genotype.from_dict(state["reference"], f"{path}: calm_latency.reference"), float(state["reference_calm_ms"])
+    return reference_from_dict(state["reference"], f"{path}: calm_latency.reference"), float(state["reference_calm_ms"])
 
 
-def with_target(cfg: Config, target_ms: float | None) -> Config:
-    """`--target-ms T`: hinge loss toward T, λ adapted from the measured latency."""
-    if target_ms is None:
-        return cfg
-    if target_ms <= 0:
-        raise GasnasError(f"--target-ms {target_ms}: expected a positive number of milliseconds")
-    return replace(cfg, latency=replace(cfg.latency, loss="target", target_ms=float(target_ms)))
+def with_target(cfg: Config, target_ms: float | None, target_ratio: float | None = None) -> Config:
+    """`--target-ms T` / `--target-ratio R`: hinge loss toward T (or R × the reference peer's
+    measured latency), λ adapted from the measured latency. Either one replaces the other."""
+    if target_ms is not None and target_ratio is not None:
+        raise GasnasError("--target-ms and --target-ratio: give one budget, not both")
+    if target_ms is not None:
+        if target_ms <= 0:
+            raise GasnasError(f"--target-ms {target_ms}: expected a positive number of milliseconds")
+        return replace(cfg, latency=replace(cfg.latency, loss="target", target_ms=float(target_ms), target_ratio=None))
+    if target_ratio is not None:
+        if target_ratio <= 0:
+            raise GasnasError(f"--target-ratio {target_ratio}: expected a positive fraction of the peer's latency")
+        return replace(cfg, latency=replace(cfg.latency, loss="target", target_ms=None, target_ratio=float(target_ratio)))
+    return cfg
 
 
 def run_search(cfg: Config, resume: str | Path | None = None, *, ckpt_every_steps: int = 0,

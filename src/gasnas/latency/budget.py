@@ -46,6 +46,9 @@ class LatencyBudget:
         self.lat_cfg, self.search_cfg, self.estimator = lat_cfg, search_cfg, estimator
         self.lam0 = float(lat_cfg.target_weight if lat_cfg.loss == "target" else lat_cfg.weight)
         self.lam = self.lam0
+        # T in ms: latency.target_ms, or under latency.target_ratio set by the search from the
+        # peer's timing (`set_target`)
+        self.target_ms: float | None = lat_cfg.target_ms
         self.calibration = 1.0   # measured / LUT-predicted latency of the derived net
         self.budget_scale = 1.0  # r = E[Lat] / d, refreshed every step
         self.derived_ms: float | None = None
@@ -90,7 +93,7 @@ class LatencyBudget:
             steered = sum(b * p for b, p in zip(balance, parts))
             shaped = expected.detach() + steered - steered.detach()  # value E, gradient balanced
         lam = self.lam_eff(epoch, step, steps_per_epoch)
-        return latency_loss(shaped, self.lat_cfg, lam, self.budget_scale), expected
+        return latency_loss(shaped, self.lat_cfg, lam, self.budget_scale, self.target_ms), expected
 
     def record_ce_gradients(self, grads: list[torch.Tensor | None]) -> None:
         """Fold one step's CE gradients on each cell's op weights into the per-stage EMA."""
@@ -110,7 +113,11 @@ class LatencyBudget:
 
     @property
     def targeted(self) -> bool:
-        return self.lat_cfg.loss == "target" and bool(self.lat_cfg.target_ms)
+        return self.lat_cfg.loss == "target" and bool(self.target_ms)
+
+    def set_target(self, target_ms: float) -> None:
+        """The budget T in ms (`latency.target_ratio` × the peer's latency on the search's scale)."""
+        self.target_ms = float(target_ms)
 
     def after_step(self, expected_ms: float, predicted_ms: float, ramp: float) -> None:
         """The budget for the next step, from this step's α': the derived net's calibrated
@@ -121,13 +128,13 @@ class LatencyBudget:
         if self.lat_cfg.target_basis != "expected" and self.derived_ms > 0 and expected_ms > 0:
             self.budget_scale = float(expected_ms / self.derived_ms)
         if ramp > 0:
-            excess = min(1.0, max(-1.0, self.derived_ms / float(self.lat_cfg.target_ms) - 1.0))
+            excess = min(1.0, max(-1.0, self.derived_ms / float(self.target_ms) - 1.0))
             lam = self.lam * math.exp(float(self.lat_cfg.lambda_lr) * excess)
             self.lam = float(min(self.lam0 * LAMBDA_RANGE, max(self.lam0 / LAMBDA_RANGE, lam)))
 
     def predicted_limit_ms(self) -> float:
         """The budget on the LUT's scale: T over the calibration (measured / predicted)."""
-        return float(self.lat_cfg.target_ms) / self.calibration
+        return float(self.target_ms) / self.calibration
 
     def end_epoch(self, predicted_ms: float, measured_ms: float | None) -> None:
         """A measurement of the derived net recalibrates d (basis `measured`)."""
@@ -136,11 +143,12 @@ class LatencyBudget:
             self.calibration = float(measured_ms / predicted_ms)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lambda": self.lam, "calibration": self.calibration, "budget_scale": self.budget_scale,
+        return {"lambda": self.lam, "target_ms": self.target_ms, "calibration": self.calibration, "budget_scale": self.budget_scale,
                 "derived_ms": self.derived_ms, "stage_grad": self.stage_grad}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lam = float(state.get("lambda", self.lam0))
+        self.target_ms = state.get("target_ms", self.target_ms)
         self.calibration = float(state.get("calibration", 1.0))
         self.budget_scale = float(state.get("budget_scale", 1.0))
         self.derived_ms = state.get("derived_ms")

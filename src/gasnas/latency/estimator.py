@@ -157,20 +157,22 @@ class LatencyEstimator:
 
 
 def latency_loss(expected_ms: torch.Tensor, lat_cfg: LatencyConfig, lam: float,
-                 budget_scale: float = 1.0) -> torch.Tensor:
+                 budget_scale: float = 1.0, target_ms: float | None = None) -> torch.Tensor:
     """The latency term added to the architecture loss (see the module docstring).
     `budget_scale` r: in `target` mode the hinge compares E[Lat] with r·T (r = E[Lat] /
-    measured or predicted latency of the derived net, `latency.target_basis`)."""
+    measured or predicted latency of the derived net, `latency.target_basis`); T is `target_ms`,
+    else `latency.target_ms`."""
     mode = lat_cfg.loss
+    target = target_ms if target_ms is not None else lat_cfg.target_ms
     if mode == "linear":
         return lam * expected_ms
     if mode == "log":
-        ref = lat_cfg.target_ms if lat_cfg.target_ms else 1.0
+        ref = target if target else 1.0
         return lam * lat_cfg.log_beta * torch.log(expected_ms.clamp_min(1e-6) / ref)
     if mode == "target":
-        if not lat_cfg.target_ms or lat_cfg.target_ms <= 0:
+        if not target or target <= 0:
             raise GasnasError("config key 'latency.target_ms': a positive budget is required when latency.loss is 'target'")
-        return lam * torch.relu(expected_ms / (lat_cfg.target_ms * budget_scale) - 1.0)
+        return lam * torch.relu(expected_ms / (target * budget_scale) - 1.0)
     raise GasnasError(f"config key 'latency.loss': unknown mode {mode!r} (linear, log, target)")
 
 

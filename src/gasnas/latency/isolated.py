@@ -11,6 +11,10 @@ in both processes above). So the child times the candidate and the reference in 
 caller turns the ratio into milliseconds with the reference's calmest median seen so far (other
 processes and slow phases only ever add time): `calm_ms(ratio, reference)`.
 
+The reference is a genotype (by default the search's first derived net) or a peer network
+(`PeerReference`, e.g. LR-ASPP under `latency.target_ratio`): then every ratio is the one a
+user compares against, measured beside it in the same process.
+
     python -m gasnas.latency.isolated REQUEST.json   # prints {"medians_ms": [...], ...} on stdout
 """
 
@@ -38,6 +42,37 @@ from gasnas.space.genotype import Genotype
 TIMEOUT_S = 600
 MIN_TURN_MS = 400.0
 MAX_REPEATS = 500
+
+
+@dataclass(frozen=True)
+class PeerReference:
+    """A peer network (gasnas.models.PEERS, random weights) as the latency reference."""
+
+    peer: str
+    num_classes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"peer": self.peer, "num_classes": int(self.num_classes)}
+
+    def build(self) -> Any:
+        from gasnas.models import build_peer  # torchvision: loaded only where a peer is timed
+
+        return build_peer(self.peer, self.num_classes).eval()
+
+
+def reference_from_dict(data: Any, source: str) -> Genotype | PeerReference:
+    """A timing reference as saved by `to_dict`: a peer, else a genotype."""
+    if isinstance(data, dict) and "peer" in data:
+        try:
+            return PeerReference(str(data["peer"]), int(data["num_classes"]))
+        except (KeyError, TypeError, ValueError):
+            raise GasnasError(f"{source}: a peer reference needs 'peer' and 'num_classes'") from None
+    return Genotype.from_dict(data, source)
+
+
+def build_reference(reference: Genotype | PeerReference) -> Any:
+    """The network a reference times."""
+    return reference.build() if isinstance(reference, PeerReference) else DerivedNet(reference)
 
 
 @dataclass
@@ -119,13 +154,14 @@ def calm_measure(genotypes: list[Any], lat_cfg: LatencyConfig, reference: Any, r
 
 class CalmLatency:
     """Latencies of a search's derived nets on one scale: each net's ratio to a reference net
-    (the first one measured), times the reference's calmest median so far. Each distinct
-    genotype is timed once; its ratio is kept, so later, calmer reference timings re-scale
-    every earlier net too (`ms(signature)`)."""
+    (`reference`, else the first net measured), times the reference's calmest median so far.
+    Each distinct genotype is timed once; its ratio is kept, so later, calmer reference timings
+    re-scale every earlier net too (`ms(signature)`)."""
 
-    def __init__(self, lat_cfg: LatencyConfig, threads: int, rounds: int = 3) -> None:
+    def __init__(self, lat_cfg: LatencyConfig, threads: int, rounds: int = 3,
+                 reference: PeerReference | None = None) -> None:
         self.lat_cfg, self.threads, self.rounds = lat_cfg, int(threads), int(rounds)
-        self.reference: Any = None  # Genotype of the first net measured
+        self.reference: Any = reference  # a PeerReference, or the Genotype of the first net measured
         self.reference_calm_ms = math.inf
         self.ratios: dict[str, float] = {}  # genotype signature -> latency / reference latency
 
@@ -155,13 +191,19 @@ class CalmLatency:
             return calm_ms(ratio, self.reference_calm_ms)
         return measured_ms
 
+    def peer_ms(self) -> float | None:
+        """The peer reference's calmest timing so far (None without a peer, or before any)."""
+        if isinstance(self.reference, PeerReference) and math.isfinite(self.reference_calm_ms):
+            return self.reference_calm_ms
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {"reference": self.reference.to_dict() if self.reference is not None else None,
                 "reference_calm_ms": self.reference_calm_ms, "ratios": dict(self.ratios)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         ref = state.get("reference")
-        self.reference = Genotype.from_dict(ref, "checkpoint: calm_latency.reference") if ref is not None else None
+        self.reference = reference_from_dict(ref, "checkpoint: calm_latency.reference") if ref is not None else None
         self.reference_calm_ms = float(state.get("reference_calm_ms", math.inf))
         self.ratios = {str(k): float(v) for k, v in state.get("ratios", {}).items()}
 
@@ -173,13 +215,13 @@ def _run(request_path: str) -> dict[str, Any]:
     threads = int(request["threads"])
     torch.set_num_threads(threads)
     lat = LatencyConfig(**request["latency"])
-    nets = [Genotype.from_dict(request["genotype"], f"{request_path}: genotype")]
+    nets: list[Any] = [Genotype.from_dict(request["genotype"], f"{request_path}: genotype")]
     if request.get("reference") is not None:
-        nets.append(Genotype.from_dict(request["reference"], f"{request_path}: reference"))
+        nets.append(reference_from_dict(request["reference"], f"{request_path}: reference"))
     runners, repeats = [], []
     for g in nets:
         with quiet_export():
-            run = make_runner(DerivedNet(g), lat.input_size, lat.backend, lat.device, lat.dtype, threads)
+            run = make_runner(build_reference(g), lat.input_size, lat.backend, lat.device, lat.dtype, threads)
         probe = time_callable(run, lat.warmup, 3, lat.device).median_ms
         runners.append(run)
         repeats.append(min(MAX_REPEATS, max(lat.repeats, math.ceil(MIN_TURN_MS / max(probe, 1e-3)))))

@@ -1,7 +1,9 @@
 """How a search times its derived nets: one interface, two timers (`search.measure_isolated`).
 
 The search only asks a timer for a genotype's latency (`measure`), for the number to report for
-an epoch once the search is over (`final_ms`), and for its resumable state. Which timer runs is
+an epoch once the search is over (`final_ms`), for the peer's latency on the same scale where a
+budget is a fraction of a peer's (`peer_ms`, `latency.target_ratio`), and for its resumable
+state. Which timer runs is
 a choice of the machine, not of the search:
 - `CalmLatency` (latency/isolated.py, the default): a fresh process per distinct net, timed in
   alternation with a reference net, on the calmest phase's scale, for CPUs whose speed drifts;
@@ -17,7 +19,9 @@ import torch
 
 from gasnas.config import LatencyConfig
 from gasnas.latency.estimator import measure_genotype_ms
-from gasnas.latency.isolated import CalmLatency
+from gasnas.latency.isolated import CalmLatency, PeerReference
+from gasnas.latency.measure import quiet_export
+from gasnas.latency.timing import measure_model
 
 
 class DerivedNetTimer(Protocol):
@@ -30,6 +34,9 @@ class DerivedNetTimer(Protocol):
     def final_ms(self, measured_ms: float | None, ratio: float | None) -> float | None:
         """An epoch's latency as known at the end of the search, from what the epoch logged."""
 
+    def peer_ms(self) -> float | None:
+        """The peer reference's latency on the scale of `measure` (None without a peer)."""
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -39,8 +46,9 @@ class InProcessLatency:
     """The derived net timed in this process (median of `latency.repeats` batch-1 runs); the
     global RNG is left as it was, so timing does not change a seeded run."""
 
-    def __init__(self, lat_cfg: LatencyConfig) -> None:
-        self.lat_cfg = lat_cfg
+    def __init__(self, lat_cfg: LatencyConfig, peer: PeerReference | None = None) -> None:
+        self.lat_cfg, self.peer = lat_cfg, peer
+        self._peer_ms: float | None = None
 
     def measure(self, genotype: Any) -> float:
         with torch.random.fork_rng(devices=[]):
@@ -52,14 +60,24 @@ class InProcessLatency:
     def final_ms(self, measured_ms: float | None, ratio: float | None) -> float | None:
         return measured_ms
 
+    def peer_ms(self) -> float | None:
+        """The peer timed once in this process (its first call), like the derived nets."""
+        if self.peer is not None and self._peer_ms is None:
+            lc = self.lat_cfg
+            with torch.random.fork_rng(devices=[]), quiet_export():
+                self._peer_ms = float(measure_model(self.peer.build(), lc.input_size, lc.backend, lc.device,
+                                                    lc.dtype, lc.threads, lc.warmup, lc.repeats).median_ms)
+        return self._peer_ms
+
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"peer_ms": self._peer_ms}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        self._peer_ms = state.get("peer_ms")
 
 
-def derived_net_timer(lat_cfg: LatencyConfig, threads: int, isolated: bool, rounds: int) -> DerivedNetTimer:
-    """The timer `search.measure_isolated` asks for."""
+def derived_net_timer(lat_cfg: LatencyConfig, threads: int, isolated: bool, rounds: int,
+                      peer: PeerReference | None = None) -> DerivedNetTimer:
+    """The timer `search.measure_isolated` asks for; with `peer`, the nets are timed against it."""
 
-    return CalmLatency(lat_cfg, threads, rounds) if isolated else InProcessLatency(lat_cfg)
+    return CalmLatency(lat_cfg, threads, rounds, peer) if isolated else InProcessLatency(lat_cfg, peer)
