@@ -3,23 +3,22 @@
 Stages (each skipped when its output exists, so a rerun continues where it stopped; every `gasnas`
 command is printed before it runs; every stage, commands and in-process timings alike, runs under
 `--lock`'s exclusive flock):
-1. budget: LR-ASPP (`lraspp_mobilenet_v3_large`, random weights) timed at the recipe's
-   latency.input_size, batch 1, `--threads`: T = `--target-ratio` × its calmest round's median
-   (OUT/lraspp_budget.json), the calm-phase scale on which the search reports its derived nets. `--target-ms T` gives T directly; `--genotype` needs no budget.
-2. search: `gasnas search -c RECIPE --target-ms T --set out_dir=OUT --set name=search
-   --set latency.threads=N ...` → OUT/search/genotype.json. `--genotype PATH` skips it and
-   trains that genotype instead (summary.json says which: "searched" or the path).
-3. training: `gasnas train -g GENOTYPE -c RECIPE --run-dir OUT/train-gasnas ...` and
+1. search: `gasnas search -c RECIPE --target-ratio R --set out_dir=OUT --set name=search
+   --set latency.threads=N ...` → OUT/search/genotype.json: the search times LR-ASPP
+   (`lraspp_mobilenet_v3_large`, random weights) beside every derived net, and its budget is R ×
+   LR-ASPP's latency on that scale (`--target-ms T` gives T in ms instead). `--genotype PATH`
+   skips it and trains that genotype instead (summary.json says which: "searched" or the path).
+2. training: `gasnas train -g GENOTYPE -c RECIPE --run-dir OUT/train-gasnas ...` and
    `gasnas train --peer lraspp_mobilenet_v3_large -c RECIPE --run-dir OUT/train-lraspp ...`, the
    same `--set`s, `train.epochs` (`--train-epochs`, default the recipe's) and `train.eval_every`;
    an interrupted training continues with `gasnas train --resume`.
-4. evaluation of each best.pt on the val split: `gasnas eval --checkpoint ... --json
+3. evaluation of each best.pt on the val split: `gasnas eval --checkpoint ... --json
    OUT/eval/NAME-single.json` (single scale) and `... --flip --scales S --json
    OUT/eval/NAME-tta.json` (test-time augmentation, `--tta-scales`); mIoU and per-class IoU.
-5. latency: both nets (the genotype's DerivedNet and the peer, as built for training) timed in
+4. latency: both nets (the genotype's DerivedNet and the peer, as built for training) timed in
    one process, round-robin over torch and ONNX Runtime, at bench.input_size (`--input`), batch
    1, `--threads`; params and GFLOPs at that size (OUT/latency.json).
-6. overlays: `gasnas predict --checkpoint ... --overlay --out OUT/overlays/NAME IMAGE ...` of
+5. overlays: `gasnas predict --checkpoint ... --overlay --out OUT/overlays/NAME IMAGE ...` of
    `--overlay-images` val images per net; OUT/overlays/side_by_side.png puts image, ground
    truth and both nets' overlays in one row per image.
 Report: OUT/summary.json (genotype and checkpoint paths with their sha256, every number above,
@@ -130,29 +129,24 @@ def time_nets(models: dict[str, Any], size: list[int], backends: tuple[str, ...]
 # --------------------------------------------------------------------------- the protocol
 
 
-def stage_budget(args: argparse.Namespace, out: Path, cfg: Any) -> dict[str, Any]:
+def stage_budget(args: argparse.Namespace) -> dict[str, Any]:
+    """How the search is budgeted. `--target-ratio R` goes to the search itself, which times
+    LR-ASPP beside each derived net (latency.target_ratio): the ms it used are read back from the
+    genotype once the search ran (`budget_used`)."""
     if args.genotype:
-        return {"how": "none: a given genotype", "target_ratio": None, "target_ms": None, "lraspp_ms": None}
+        return {"how": "none: a given genotype", "target_ratio": None, "target_ms": None}
     if args.target_ms is not None:
-        return {"how": "explicit --target-ms", "target_ratio": None, "target_ms": args.target_ms, "lraspp_ms": None}
-    path = out / "lraspp_budget.json"
-    if not path.is_file():
-        from gasnas.models import build_peer
+        return {"how": "explicit --target-ms", "target_ratio": None, "target_ms": args.target_ms}
+    return {"how": f"--target-ratio: the search times {PEER} beside its derived nets",
+            "target_ratio": args.target_ratio, "target_ms": None}
 
-        size = parse_size(cfg.latency.input_size, "latency.input_size")
-        print(f"# budget: {PEER} timed at {size[0]}x{size[1]}, {args.threads} threads", flush=True)
-        with exclusive(args.lock):
-            # the calmest round: the scale a search reports its derived nets' latency on (latency/isolated.py)
-            ms = min(time_nets({"lraspp": build_peer(PEER, cfg.data.num_classes)}, size, ("torch",), args.threads,
-                               args.rounds, args.repeats)["lraspp"]["torch"]["round_medians_ms"])
-        _save_json(path, {"lraspp_ms": ms, "input_size": size, "threads": args.threads,
-                          "rounds": args.rounds, "repeats": args.repeats})
-    measured = json.loads(path.read_text())
-    target = round(args.target_ratio * measured["lraspp_ms"], 2)
-    print(f"# LR-ASPP {measured['lraspp_ms']:.2f} ms at {measured['input_size'][0]}x{measured['input_size'][1]}; "
-          f"budget {args.target_ratio:g} x = {target} ms", flush=True)
-    return {"how": "--target-ratio x LR-ASPP measured here", "target_ratio": args.target_ratio, "target_ms": target,
-            "lraspp_ms": measured["lraspp_ms"], "input_size": measured["input_size"], "threads": measured["threads"]}
+
+def budget_used(budget: dict[str, Any], genotype: Path) -> dict[str, Any]:
+    """The budget with the T (ms) the search recorded in its genotype's provenance."""
+    if budget["target_ratio"] is None:
+        return budget
+    prov = json.loads(genotype.read_text()).get("provenance", {})
+    return {**budget, "target_ms": prov.get("target_ms")}
 
 
 def stage_search(args: argparse.Namespace, out: Path, budget: dict[str, Any], walls: dict[str, float]) -> Path:
@@ -174,8 +168,9 @@ def stage_search(args: argparse.Namespace, out: Path, budget: dict[str, Any], wa
                 sets.append(f"search.epochs={args.search_epochs}")
             if args.warmup_epochs is not None:
                 sets.append(f"search.warmup_epochs={args.warmup_epochs}")
-            cmd = ["search", "-c", args.config, "--target-ms", f"{budget['target_ms']:g}", "--no-progress",
-                   *_sets(sets)]
+            limit = (["--target-ms", f"{budget['target_ms']:g}"] if budget["target_ms"] is not None
+                     else ["--target-ratio", f"{budget['target_ratio']:g}"])
+            cmd = ["search", "-c", args.config, *limit, "--no-progress", *_sets(sets)]
         walls["search"] = walls.get("search", 0.0) + run_gasnas(cmd, args.lock)
         _save_json(out / "walls.json", walls)
     return genotype
@@ -426,7 +421,7 @@ def write_markdown(path: Path, s: dict[str, Any]) -> None:
     lines = [f"# CamVid: searched net vs LR-ASPP, recipe `{s['config']}`, {s['train_epochs']} epochs each", "",
              ("Genotype: searched" if g["source"] == "searched" else "Genotype: given")
              + f" ({g['path']}, sha256 {g['sha256'][:12]}…)."
-             + (f" Search budget {s['budget']['target_ms']} ms ({s['budget']['how']})."
+             + (f" Search budget {s['budget']['target_ms']:.2f} ms ({s['budget']['how']})."
                 if s["budget"]["target_ms"] is not None else ""), "",
              f"| model | val mIoU | val mIoU TTA | torch ms @{size} | ORT ms @{size} | params (M) | GFLOPs "
              "| best epoch | train wall (min) |",
@@ -464,7 +459,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--config", default="camvid", help="the recipe both nets are trained by")
     ap.add_argument("--out", default="runs/camvid-vs-lraspp")
     ap.add_argument("--target-ratio", type=float, default=0.8,
-                    help="search budget as a fraction of LR-ASPP's latency measured here first (default 0.8)")
+                    help="search budget as a fraction of LR-ASPP's latency, timed by the search beside its derived nets (default 0.8)")
     ap.add_argument("--target-ms", type=float, default=None, help="search budget in ms (overrides --target-ratio)")
     ap.add_argument("--genotype", default=None, metavar="PATH", help="train this genotype JSON (or a shipped genotype's name, configs/genotypes); no search")
     ap.add_argument("--search-epochs", type=int, default=None, help="default: the recipe's search.epochs")
@@ -502,9 +497,10 @@ def main(argv: list[str] | None = None) -> int:
     eval_every = args.eval_every or max(1, epochs // 20)
     walls: dict[str, float] = json.loads((out / "walls.json").read_text()) if (out / "walls.json").is_file() else {}
 
-    budget = stage_budget(args, out, cfg)
+    budget = stage_budget(args)
     genotype_path = stage_search(args, out, budget, walls)
     genotype = check_genotype(out, genotype_path, args.genotype or "searched")
+    budget = budget_used(budget, genotype_path)
     stage_trainings(args, out, genotype_path, epochs, eval_every, walls)
     evals = stage_eval(args, out, scales)
     latency = stage_latency(args, out, cfg, genotype)

@@ -2,15 +2,17 @@
 
 Stages (each skipped when its output exists, so a rerun continues where it stopped; each timed
 stage runs under `--lock`'s exclusive flock):
-1. LR-ASPP (`lraspp_mobilenet_v3_large`, random weights) timed at the recipe's latency input size
-   (batch 1, `--threads`): the budget is T = `--target-ratio` × its calmest round's median, the
-   scale on which a search reports its derived nets' latency.
-2. Per seed: `gasnas search --config RECIPE --target-ms T --set seed=S` (printed before it runs).
-3. Every searched net and LR-ASPP timed interleaved in one process (rounds of each in turn), so
+1. Per seed: `gasnas search --config RECIPE --target-ratio R --set seed=S` (printed before it
+   runs): the search times LR-ASPP (`lraspp_mobilenet_v3_large`, random weights) beside each
+   derived net and keeps it within R x LR-ASPP's latency on that scale (latency.target_ratio).
+2. Every searched net and LR-ASPP timed interleaved in one process (rounds of each in turn), so
    the searched/LR-ASPP ratio does not depend on the machine's phase.
 Then OUT/summary.json and OUT/summary.md: per seed the final α' spread, the share of kept edges
-unchanged over the last 3 epochs, the skip share, the measured latency against the budget, the
-search wall time; across seeds the share of kept (cell, edge, op) triples they agree on.
+unchanged over the last 3 epochs, the skip share, the latency against the budget (in the search,
+and as a ratio to LR-ASPP in one run), the search wall time; across seeds the share of kept
+(cell, edge, op) triples they agree on, beside two references: the share of kept (cell, edge)
+pairs they agree on whatever the op, and the agreement of a cell with the *other* cells of its
+stage and type in the other seeds (what agreement without cell-specific information looks like).
 
     python benchmarks/search_convergence.py --config camvid --seeds 0 1 2 --target-ratio 0.8 \
         --out runs/search-convergence --lock /tmp/gasnas-cpu.lock
@@ -32,7 +34,6 @@ from pathlib import Path
 
 from gasnas.fileio import exclusive_lock as exclusive
 
-CALM_ROUNDS = 7
 GOALS = {"alpha_spread_mean": 2.0, "unchanged_last_3_epochs": 0.9, "skip_share_max": 1 / 3,
          "budget_tolerance": 0.10, "seed_agreement": 0.6, "search_minutes": 45}
 
@@ -48,11 +49,48 @@ def time_nets(nets: dict[str, object], size: list[int], threads: int, rounds: in
     return time_round_robin(runners, rounds, repeats, warmup=6)
 
 
-def agreement(genotypes: list[dict]) -> float | None:
-    """Mean over seed pairs of the share of kept (cell, source, node, op) they share."""
-    sets = [{(k, *map(str, e)) for k, c in enumerate(g["cells"]) for e in c["edges"]} for g in genotypes]
-    pairs = [len(a & b) / max(1, min(len(a), len(b))) for a, b in itertools.combinations(sets, 2)]
-    return sum(pairs) / len(pairs) if pairs else None
+def _triples(g: dict, cells: list[int | None] | None = None, with_op: bool = True) -> set[tuple]:
+    """Kept (position, source, node[, op]) of the genotype's cells (`cells`: which cell each
+    position reads, default itself; None leaves the position out)."""
+    order = cells if cells is not None else list(range(len(g["cells"])))
+    return {(k, *map(str, e[:3] if with_op else e[:2]))
+            for k, c in enumerate(order) if c is not None for e in g["cells"][c]["edges"]}
+
+
+def _mean_pairs(sets: list[tuple[set, set]]) -> float | None:
+    shares = [len(a & b) / max(1, min(len(a), len(b))) for a, b in sets]
+    return sum(shares) / len(shares) if shares else None
+
+
+def agreement(genotypes: list[dict], with_op: bool = True) -> float | None:
+    """Mean over seed pairs of the share of kept (cell, source, node, op) they share (without the
+    op: of kept edges)."""
+    sets = [_triples(g, with_op=with_op) for g in genotypes]
+    return _mean_pairs(list(itertools.combinations(sets, 2)))
+
+
+def cross_cell_agreement(genotypes: list[dict]) -> float | None:
+    """The same share when each cell of one seed is compared with another cell of the same
+    stage and type (reduction or not) in the other seed: every cyclic shift within those groups.
+    Cells that share no cell-specific information agree about as often as this. Cells alone in
+    their group (the reduction cells) are left out."""
+    from gasnas.space.genotype import Genotype
+    from gasnas.space.network import plan_cells
+
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for k, plan in enumerate(plan_cells(Genotype.from_dict(genotypes[0]).space)):
+        groups.setdefault((plan.stage, plan.reduction), []).append(k)
+    shared = [k for members in groups.values() if len(members) > 1 for k in members]
+    own: list[int | None] = [k if k in shared else None for k in range(len(genotypes[0]["cells"]))]
+    pairs = []
+    for shift in range(1, max(len(v) for v in groups.values())):
+        order = list(own)
+        for members in groups.values():
+            for i, k in enumerate(members):
+                order[k] = members[(i + shift) % len(members)] if len(members) > 1 else None
+        for a, b in itertools.permutations(genotypes, 2):
+            pairs.append((_triples(a, own), _triples(b, order)))
+    return _mean_pairs(pairs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,26 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     size = list(cfg.latency.input_size)
 
-    # The budget is on the search's scale: a search reports a derived net's latency in the
-    # machine's calmest phase (latency/isolated.py), so LR-ASPP's calmest round sets T, not a
-    # median that a slow phase of the machine can inflate by ~1.2x.
-    peer_path = out / "lraspp_latency.json"
-    if not peer_path.is_file():
-        with exclusive(args.lock):
-            rounds = time_nets({"lraspp": build_peer("lraspp_mobilenet_v3_large", cfg.data.num_classes).eval()},
-                               size, args.threads, rounds=CALM_ROUNDS, repeats=20)["lraspp"]
-        peer_path.write_text(json.dumps({"lraspp_ms": min(rounds), "round_medians_ms": rounds,
-                                         "input_size": size, "threads": args.threads}))
-    lraspp_ms = json.loads(peer_path.read_text())["lraspp_ms"]
-    target = round(args.target_ratio * lraspp_ms, 2)
-    print(f"LR-ASPP {lraspp_ms:.2f} ms (calmest of {CALM_ROUNDS} rounds) at {size[0]}x{size[1]}; "
-          f"budget {target} ms", flush=True)
-
     seeds = {}
     for seed in args.seeds:
         run_dir = out / f"seed{seed}"
         done = (run_dir / "genotype.json").is_file()
-        cmd = ["gasnas", "search", "--config", args.config, "--target-ms", str(target), "--no-progress",
+        cmd = ["gasnas", "search", "--config", args.config, "--target-ratio", f"{args.target_ratio:g}", "--no-progress",
                "--set", f"seed={seed}", "--set", f"out_dir={out}", "--set", f"name=seed{seed}",
                "--set", f"latency.threads={args.threads}", *itertools.chain.from_iterable(("--set", o) for o in args.overrides)]
         if (run_dir / "checkpoints/last.pt").is_file() and not done:
@@ -134,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 counts[op] = counts.get(op, 0) + 1
         kept = sum(counts.values())
         ratio = times[f"seed{seed}"] / times["lraspp"]
+        prov = g["provenance"]
+        target, in_search = prov.get("target_ms"), prov.get("measured_latency_ms")
         rows.append({
             "seed": seed, "alpha_spread_mean": metrics[-1]["alpha_spread_mean"],
             "unchanged_last_3_epochs": g["provenance"].get("unchanged_last_3_epochs"),
@@ -141,25 +166,34 @@ def main(argv: list[str] | None = None) -> int:
             "arch_steps": sum(r.get("arch_steps") or 0 for r in metrics),
             "measured_ms_one_run": times[f"seed{seed}"], "lraspp_ms_one_run": times["lraspp"],
             "ratio_to_lraspp": ratio, "within_budget_10pct": abs(ratio / args.target_ratio - 1) <= 0.10,
+            "budget_ms": target, "measured_ms_in_search": in_search,
+            "in_search_vs_budget": in_search / target - 1 if target and in_search else None,
+            "argmax_predicted_ms": metrics[-1].get("argmax_predicted_ms"), "predicted_ms": metrics[-1].get("predicted_ms"),
+            "budget_swaps_last": metrics[-1].get("budget_swaps"),
             "search_wall_min": json.loads((run_dir / "wall_s.json").read_text())["wall_s"] / 60
             if (run_dir / "wall_s.json").is_file() else None,
             "supernet_val_miou_last": metrics[-1]["val_miou"],
         })
-    summary = {"config": args.config, "target_ratio": args.target_ratio, "budget_ms": target,
-               "lraspp_ms_at_budget_time": lraspp_ms, "seeds": rows, "seed_agreement": agreement(genotypes),
+    summary = {"config": args.config, "target_ratio": args.target_ratio, "seeds": rows,
+               "seed_agreement": agreement(genotypes), "edge_agreement": agreement(genotypes, with_op=False),
+               "cross_cell_agreement": cross_cell_agreement(genotypes) if len(genotypes) > 1 else None,
                "goals": GOALS}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    lines = [f"# Search convergence: `{args.config}`, budget {args.target_ratio} x LR-ASPP ({target} ms)", "",
-             "| seed | α' spread | unchanged last 3 ep. | skip share | ms (one run) | / LR-ASPP | search min | arch steps |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"# Search convergence: `{args.config}`, budget {args.target_ratio} x LR-ASPP", "",
+             "| seed | α' spread | unchanged last 3 ep. | skip share | in the search vs T | ms (one run) | / LR-ASPP "
+             "| search min | arch steps |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        unchanged = r["unchanged_last_3_epochs"]
+        unchanged, vs = r["unchanged_last_3_epochs"], r["in_search_vs_budget"]
         lines.append(f"| {r['seed']} | {r['alpha_spread_mean']:.2f} | "
                      f"{'n/a' if unchanged is None else f'{100 * unchanged:.0f}%'} | {100 * r['skip_share']:.0f}% | "
+                     f"{'n/a' if vs is None else f'{100 * vs:+.1f}%'} | "
                      f"{r['measured_ms_one_run']:.1f} | {r['ratio_to_lraspp']:.2f} | "
                      f"{r['search_wall_min'] or 0:.1f} | {r['arch_steps']} |")
     if summary["seed_agreement"] is not None:
-        lines += ["", f"Seeds agree on {100 * summary['seed_agreement']:.0f}% of kept (cell, edge, op) triples."]
+        lines += ["", f"Seeds agree on {100 * summary['seed_agreement']:.0f}% of kept (cell, edge, op) triples "
+                      f"and on {100 * summary['edge_agreement']:.0f}% of kept edges; a cell against the other "
+                      f"cells of its stage and type: {100 * (summary['cross_cell_agreement'] or 0):.0f}%."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

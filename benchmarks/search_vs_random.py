@@ -158,6 +158,8 @@ def stage_searches(args: argparse.Namespace, out: Path, runs: list[dict[str, Any
             cmd = ["search", "-c", args.config, "--no-progress", *_sets(sets)]
             if args.target_ms:
                 cmd += ["--target-ms", f"{args.target_ms:g}"]
+            elif args.target_ratio:
+                cmd += ["--target-ratio", f"{args.target_ratio:g}"]
         key = f"search:{r['name']}"
         walls[key] = walls.get(key, 0.0) + run_gasnas(cmd, args.lock)
         _save_walls(out, walls)
@@ -438,6 +440,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--retrain-seeds", type=int, default=2,
                     help="training seeds of the first searched and first random genotype (1: no retraining)")
     ap.add_argument("--target-ms", type=float, default=None, help="latency budget passed to every search")
+    ap.add_argument("--target-ratio", type=float, default=None,
+                    help="latency budget of every search as a fraction of LR-ASPP's latency, timed by the search")
     ap.add_argument("--no-shared-lut", dest="shared_lut", action="store_false",
                     help="let every search measure its own table")
     ap.add_argument("--threads", type=int, default=None, help="timing threads (default: the table's)")
