@@ -199,6 +199,10 @@ def test_uniform_weight_path_draws_every_op_alike_whatever_alpha_says() -> None:
     # the architecture step still draws from α'
     relax = Relaxation(SearchConfig(relaxation="gumbel", weight_path="uniform"), list(net.space.ops), 0)
     assert all(set(w.index) == {1} for w in relax.step_weights(net, 0, 0, 1, arch=True)[0])
+    # the uniform weight step needs neither α' nor E[Lat]: the GGM does not run for it
+    ran = []
+    net.guided_alphas = lambda: ran.append(1)
+    assert relax.step_weights(net, 0, 0, 1)[1] == [] and not ran
 
 
 @pytest.mark.parametrize("relaxation", ["softmax", "gumbel"])

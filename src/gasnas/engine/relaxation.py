@@ -80,15 +80,17 @@ class Relaxation:
         """(what the cells are weighted with, what E[Lat] is computed from) for one step
         (`arch`: the architecture step, which with `search.path_gradient: all_ops` also runs
         the other ops of each edge for their gradient). Differentiable in α and the GGM
-        wherever they require grad."""
+        wherever they require grad. A uniform weight path depends on neither, so for it the GGM
+        does not run and the E[Lat] weights are empty (the weight step has no latency term)."""
+        if self.sampled and not arch and self.cfg.weight_path == "uniform":
+            uniform = supernet.sample_uniform(self.generator)
+            return [PathSample(self._drop_skips(p.weights), p.index, False, p.rivals) for p in uniform], []
         guided = supernet.guided_alphas()
         derivable = self.expectation == "derivable"
         if self.sampled:
             tau = temperature(self.cfg, epoch, step, steps_per_epoch)
             if arch and self.cfg.path_gradient == "pair":
                 paths = supernet.sample_pair(self.generator, guided)
-            elif not arch and self.cfg.weight_path == "uniform":
-                paths = supernet.sample_uniform(self.generator)
             else:
                 paths = supernet.sample_path(tau, self.generator, guided)
             every = arch and self.cfg.path_gradient == "all_ops"
