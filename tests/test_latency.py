@@ -372,7 +372,7 @@ def test_search_timers_share_one_interface() -> None:
     ms = timer.measure(one_op_genotype("conv_3x3"))
     assert 0 < ms < 10_000 and torch.equal(torch.random.get_rng_state(), state)
     assert timer.ratio(one_op_genotype("conv_3x3")) is None
-    assert timer.final_ms(7.5, 0.5) == 7.5 and timer.state_dict() == {}
+    assert timer.final_ms(7.5, 0.5) == 7.5 and timer.peer_ms() is None and timer.state_dict() == {"peer_ms": None}
     calm = CalmLatency(LAT, threads=1)
     assert calm.final_ms(7.5, None) == 7.5 and calm.final_ms(7.5, 0.5) == 7.5  # no reference timed yet
     calm.reference_calm_ms = 8.0
