@@ -222,6 +222,10 @@ class SearchConfig:
     # preferred op swaps that bring its calibrated prediction within T (latency/budget.py
     # fit_to_budget), so a search whose α' settled before λ won still ships a net in budget
     derive_within_budget: bool = False
+    # ... only when the argmax net's calibrated prediction exceeds T by more than this fraction (it is
+    # then fitted to T): a dead band against churn where the argmax net hovers at T and the
+    # calibration moves a few % between epochs (on CamVid 0-7 swaps an epoch near the end)
+    budget_slack: float = 0.0
     # Mixed precision of the weight and architecture steps' forward + loss and of the supernet's
     # evaluation (engine/amp.py): none = fp32; bf16 / fp16 = torch.autocast (fp16 with a
     # GradScaler per optimizer). α, the GGM, the latency term and every optimizer stay fp32.
@@ -551,6 +555,8 @@ def validate(cfg: Config) -> None:
     sc = cfg.search
     if not 0 < sc.tau_min <= sc.tau_max:
         raise GasnasError(f"config key 'search.tau_min': expected 0 < tau_min <= tau_max ({sc.tau_max}), got {sc.tau_min}")
+    if not sc.budget_slack >= 0:
+        raise GasnasError(f"config key 'search.budget_slack': expected a fraction >= 0, got {sc.budget_slack}")
     if not sc.ggm_lr_scale > 0:
         raise GasnasError(f"config key 'search.ggm_lr_scale': expected a positive number, got {sc.ggm_lr_scale}")
     if not 0.0 <= sc.skip_dropout < 1.0:
