@@ -461,12 +461,11 @@ class SearchRun(EpochLoop):
             expected = float(self.estimator.expected_ms([w.to(self.device) for w in op_weights]))
             adj_entropy = adjacency_entropy(self.supernet.ggm, list(self.supernet.alphas))
         genotype = self._derive(self._provenance(e + 1))
-        argmax_ms = float(self.estimator.predict(genotype))
+        genotype.predicted_latency_ms = argmax_ms = float(self.estimator.predict(genotype))
         swaps = 0
         limit = self.budget.predicted_limit_ms() if self.budget.targeted else math.inf
         if cfg.search.derive_within_budget and argmax_ms > limit * (1 + cfg.search.budget_slack):
             genotype, swaps = fit_to_budget(genotype, op_weights, self.estimator, limit, cfg.search.max_skip_per_cell)
-        genotype.predicted_latency_ms = float(self.estimator.predict(genotype))
         genotype.provenance.update(argmax_predicted_ms=argmax_ms, budget_swaps=swaps)
         measured = self._measure(genotype)
         genotype.provenance["measured_latency_ms"] = measured

@@ -28,6 +28,7 @@ prediction within T; α' still ranks every choice, and the metrics log how far i
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -198,9 +199,8 @@ def fit_to_budget(genotype: Genotype, op_weights: list[torch.Tensor], estimator:
         swaps += 1
     if not swaps:
         return genotype, 0
-    fitted = Genotype(genotype.space, genotype.num_classes,
-                      [CellGene(c.reduction, [(int(s), int(d), str(o)) for s, d, o in kept])
-                       for c, kept in zip(genotype.cells, cells)],
-                      None, dict(genotype.provenance))
+    fitted = replace(genotype, cells=[CellGene(c.reduction, [(int(s), int(d), str(o)) for s, d, o in kept])
+                                      for c, kept in zip(genotype.cells, cells)],
+                     provenance=dict(genotype.provenance))
     fitted.predicted_latency_ms = estimator.predict(fitted)
     return fitted, swaps

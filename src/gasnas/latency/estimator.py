@@ -218,10 +218,14 @@ def get_or_build_lut(cfg: Config, run_dir: Path, num_classes: int, *, progress: 
     return table
 
 
-def measure_genotype_ms(genotype: Genotype, lat_cfg: LatencyConfig) -> float:
-    """Measured median batch-1 latency of the derived net at `lat_cfg.input_size`."""
-    model = DerivedNet(genotype)
+def measure_net_ms(model: Any, lat_cfg: LatencyConfig) -> float:
+    """Measured median batch-1 latency of `model` at `lat_cfg.input_size`, as `lat_cfg` times."""
     with quiet_export():
         t = measure_model(model, lat_cfg.input_size, lat_cfg.backend, lat_cfg.device, lat_cfg.dtype,
                           lat_cfg.threads, lat_cfg.warmup, lat_cfg.repeats)
     return t.median_ms
+
+
+def measure_genotype_ms(genotype: Genotype, lat_cfg: LatencyConfig) -> float:
+    """Measured median batch-1 latency of the derived net at `lat_cfg.input_size`."""
+    return measure_net_ms(DerivedNet(genotype), lat_cfg)

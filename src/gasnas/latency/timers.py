@@ -18,10 +18,8 @@ from typing import Any, Protocol
 import torch
 
 from gasnas.config import LatencyConfig
-from gasnas.latency.estimator import measure_genotype_ms
+from gasnas.latency.estimator import measure_genotype_ms, measure_net_ms
 from gasnas.latency.isolated import CalmLatency, PeerReference
-from gasnas.latency.measure import quiet_export
-from gasnas.latency.timing import measure_model
 
 
 class DerivedNetTimer(Protocol):
@@ -63,10 +61,8 @@ class InProcessLatency:
     def peer_ms(self) -> float | None:
         """The peer timed once in this process (its first call), like the derived nets."""
         if self.peer is not None and self._peer_ms is None:
-            lc = self.lat_cfg
-            with torch.random.fork_rng(devices=[]), quiet_export():
-                self._peer_ms = float(measure_model(self.peer.build(), lc.input_size, lc.backend, lc.device,
-                                                    lc.dtype, lc.threads, lc.warmup, lc.repeats).median_ms)
+            with torch.random.fork_rng(devices=[]):
+                self._peer_ms = float(measure_net_ms(self.peer.build(), self.lat_cfg))
         return self._peer_ms
 
     def state_dict(self) -> dict[str, Any]:
