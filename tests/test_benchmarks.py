@@ -24,6 +24,7 @@ from gasnas.space.network import plan_cells
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import camvid_vs_lraspp as camvid_driver  # noqa: E402
+import op_ranking  # noqa: E402
 import search_convergence  # noqa: E402
 import supernet_step  # noqa: E402
 import train_throughput  # noqa: E402
@@ -261,3 +262,42 @@ def test_seed_agreement_and_its_cross_cell_reference() -> None:
     assert search_convergence.agreement([a, b]) == pytest.approx(4 / 6)  # 4 of 6 cells alike
     assert search_convergence.cross_cell_agreement([a, b]) == 1.0  # cells 0 and 1 match crosswise
     assert search_convergence.cross_cell_agreement([a, a]) == 0.0  # and a seed's two cells differ
+
+
+def test_op_ranking_path_swaps_one_edge_and_drops_the_rest(tmp_path: Path, capsys) -> None:
+    """The genotype as a supernet path: kept edges run their op (the swapped one its new op),
+    dropped edges nothing; the supernet runs it. A folder without a finished search is refused."""
+    from gasnas.space.supernet import Supernet
+
+    space = SpaceConfig(stem_channels=[4, 4, 8], stage_channels=[8, 16, 16], cells_per_stage=[2, 1, 1],
+                        head_channels=8)
+    edges = edge_index(space.nodes)
+    cells = [CellGene(p.reduction, [(*edges[e], "conv_3x3") for e in range(len(edges)) if edges[e][0] < 2][:2 * space.nodes])
+             for p in plan_cells(space)]
+    genotype = Genotype(space, 5, cells)
+    ops = list(space.ops)
+    (src, dst, _) = cells[1].edges[0]
+    path = op_ranking.path_for(genotype, ops, ((1, src, dst), "sep_conv_3x3"))
+    kept = {edges.index((s, d)) for s, d, _ in cells[0].edges}
+    assert [i for i in path[0].index if i != -1] == [ops.index("conv_3x3")] * len(kept)
+    assert all((path[0].index[e] == -1) == (e not in kept) for e in range(len(edges)))
+    assert path[1].index[edges.index((src, dst))] == ops.index("sep_conv_3x3")
+    assert path[1].weights.sum() == len(cells[1].edges)
+    net = Supernet(space, 5)
+    losses = op_ranking.image_losses(net, path, [(torch.randn(2, 3, 32, 48), torch.randint(0, 5, (2, 32, 48)))], 255)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert op_ranking.main([str(tmp_path), "--out", str(tmp_path / "r.json")]) == 2
+    assert "config.yaml: not found" in capsys.readouterr().err
+
+
+def test_op_ranking_cross_seed_agreement() -> None:
+    """On the edges two seeds share, the share of equal lowest-loss ops and of equal α ops."""
+    def run(rows: list[tuple[int, int, int, str, str]]) -> dict:
+        return {"edges": [{"cell": c, "source": s, "node": n, "loss_op": lo, "alpha_op": ao, "genotype_op": ao}
+                          for c, s, n, lo, ao in rows]}
+
+    a = run([(0, 0, 2, "sep", "r2"), (0, 1, 2, "sep", "r4"), (1, 0, 2, "conv", "conv")])
+    b = run([(0, 0, 2, "sep", "r4"), (0, 1, 2, "r2", "r4"), (1, 1, 2, "conv", "conv")])
+    got = op_ranking.cross_seed([a, b])
+    assert got["shared_edges"] == 2
+    assert got["loss_op"] == pytest.approx(0.5) and got["alpha_op"] == pytest.approx(0.5)
