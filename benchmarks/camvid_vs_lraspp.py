@@ -345,6 +345,18 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def round_ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """gasnas / LR-ASPP per round (both timed in that round, so a slow phase of the machine
+    cancels): the median and quartiles over rounds. Why not the ratio of the two medians: the
+    round medians of one net wander by ±15% on a 2-core VM, and a ratio of medians taken from
+    different rounds carries that."""
+    if a.get("status") != "ok" or b.get("status") != "ok":
+        return None
+    r = [x / y for x, y in zip(a["round_medians_ms"], b["round_medians_ms"])]
+    q = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else [r[0]] * 3
+    return {"median": statistics.median(r), "q1": q[0], "q3": q[2], "rounds": len(r)}
+
+
 def build_summary(args: argparse.Namespace, out: Path, epochs: int, eval_every: int, scales: list[float],
                   budget: dict[str, Any], genotype: dict[str, Any], evals: dict[str, dict[str, Any]],
                   latency: dict[str, Any], overlays: list[str], walls: dict[str, float]) -> dict[str, Any]:
@@ -373,10 +385,13 @@ def build_summary(args: argparse.Namespace, out: Path, epochs: int, eval_every: 
             "train_wall_s": wall, "train_wall_min": wall / 60 if wall is not None else None,
         }
     g, p = models["gasnas"], models["lraspp"]
+    paired = {b: round_ratios(latency["nets"]["gasnas"]["backends"].get(b, {}),
+                              latency["nets"]["lraspp"]["backends"].get(b, {})) for b in BACKENDS}
     comparison = {
         "miou_delta_single": g["val_miou_single"] - p["val_miou_single"],
         "miou_delta_tta": g["val_miou_tta"] - p["val_miou_tta"],
-        "latency_ratio": {b: _ratio(g["latency_ms"].get(b), p["latency_ms"].get(b)) for b in BACKENDS},
+        "latency_ratio": {b: (r["median"] if r else None) for b, r in paired.items()},
+        "latency_ratio_rounds": paired,
         "params_ratio": _ratio(g["params_m"], p["params_m"]), "gflops_ratio": _ratio(g["gflops"], p["gflops"]),
         "train_wall_ratio": _ratio(g["train_wall_s"], p["train_wall_s"]),
     }
@@ -392,7 +407,8 @@ def build_summary(args: argparse.Namespace, out: Path, epochs: int, eval_every: 
     }
     return {
         "config": args.config, "sets": args.set, "train_epochs": epochs, "eval_every": eval_every,
-        "units": {"miou": "percent", "latency": "ms, batch 1, median of round medians", "params": "millions",
+        "units": {"miou": "percent", "latency": "ms, batch 1, median of round medians",
+                  "latency_ratio": "median over rounds of gasnas / LR-ASPP timed in the same round", "params": "millions",
                   "flops": "GFLOPs of one forward at latency.input_size below", "wall": "seconds"},
         "genotype": {**genotype, "predicted_latency_ms": geno.get("predicted_latency_ms"),
                      "provenance": geno.get("provenance")},
@@ -410,6 +426,10 @@ def build_summary(args: argparse.Namespace, out: Path, epochs: int, eval_every: 
 
 def _f(v: float | None, fmt: str = ".1f") -> str:
     return "-" if v is None else f"{v:{fmt}}"
+
+
+def _quartiles(r: dict[str, Any] | None) -> str:
+    return "-" if r is None else f"{r['median']:.2f} [{r['q1']:.2f}–{r['q3']:.2f}]"
 
 
 def write_markdown(path: Path, s: dict[str, Any]) -> None:
@@ -433,9 +453,11 @@ def write_markdown(path: Path, s: dict[str, Any]) -> None:
                      f"{_f(r['train_wall_min'])} |")
     c = s["comparison"]
     lines += ["", f"searched − LR-ASPP: {c['miou_delta_single']:+.1f} mIoU single scale, {c['miou_delta_tta']:+.1f} "
-              f"with TTA (flip, scales {', '.join(f'{x:g}' for x in s['tta']['scales'])}); latency ratio torch "
-              f"{_f(c['latency_ratio']['torch'], '.2f')}, ONNX Runtime {_f(c['latency_ratio']['onnxruntime'], '.2f')} "
-              f"(batch 1, {lat['threads']} threads, both nets and backends round-robin in one process).", ""]
+              f"with TTA (flip, scales {', '.join(f'{x:g}' for x in s['tta']['scales'])}); latency ratio "
+              + ", ".join(f"{label} {_quartiles(c['latency_ratio_rounds'].get(b))}"
+                          for b, label in (("torch", "torch"), ("onnxruntime", "ONNX Runtime")))
+              + f" (median [quartiles] over {lat['rounds']} rounds of the per-round ratio; batch 1, "
+              f"{lat['threads']} threads, both nets and backends round-robin in one process).", ""]
     names = list(m["gasnas"]["per_class_iou_single"])
     lines += ["| class | " + " | ".join(f"{n} | {n} TTA" for n in m) + " |",
               "|---|" + "---:|" * (2 * len(m))]
@@ -469,7 +491,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tta-scales", default="0.75,1,1.25,1.5", help="test-time scales, with flip")
     ap.add_argument("--input", default=None, metavar="HxW", help="latency input size (default: bench.input_size)")
     ap.add_argument("--threads", type=int, default=2, help="timing threads (and the search's latency.threads)")
-    ap.add_argument("--rounds", type=int, default=5, help="timing rounds")
+    ap.add_argument("--rounds", type=int, default=15, help="timing rounds (the latency ratio is the median "
+                    "over rounds of the ratio within a round)")
     ap.add_argument("--repeats", type=int, default=20, help="timed runs per net and backend per round")
     ap.add_argument("--overlay-images", type=int, default=3, help="val images shown with both nets' predictions")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, every stage")

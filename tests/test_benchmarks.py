@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -200,9 +201,12 @@ def test_camvid_driver_given_genotype_needs_no_budget_and_guards_its_folder(tmp_
     monkeypatch.setattr(camvid_driver, "run_gasnas", _fake_gasnas(calls))
 
     def fake_timing(models, size, backends, threads, rounds, repeats):
-        ms = {"gasnas": 8.0, "lraspp": 10.0}
-        return {n: {b: {"status": "ok", "median_ms": ms[n] / (2 if b == "onnxruntime" else 1)} for b in backends}
-                for n in models}
+        # per round: the machine slows x2 in round 2; LR-ASPP alone has a slow round 3. Paired
+        # per-round ratios 0.8, 0.8, 0.3 (median 0.8); the ratio of the medians would be 9/20.
+        ms = {"gasnas": [8.0, 16.0, 9.0], "lraspp": [10.0, 20.0, 30.0]}
+        return {n: {b: {"status": "ok", "median_ms": statistics.median(ms[n]) / (2 if b == "onnxruntime" else 1),
+                        "round_medians_ms": [v / (2 if b == "onnxruntime" else 1) for v in ms[n]]}
+                    for b in backends} for n in models}
 
     monkeypatch.setattr(camvid_driver, "time_nets", fake_timing)
     geno = tiny_genotype(tmp_path / "given.json")
@@ -213,7 +217,10 @@ def test_camvid_driver_given_genotype_needs_no_budget_and_guards_its_folder(tmp_
     s = json.loads((out / "summary.json").read_text())
     assert s["genotype"]["source"] == str(geno) and s["search"] is None and s["budget"]["target_ms"] is None
     assert s["comparison"]["latency_ratio"] == {"torch": pytest.approx(0.8), "onnxruntime": pytest.approx(0.8)}
+    assert s["comparison"]["latency_ratio_rounds"]["torch"] == {
+        "median": pytest.approx(0.8), "q1": pytest.approx(0.55), "q3": pytest.approx(0.8), "rounds": 3}
     assert s["goal"]["checks"]["latency_ratio_torch_at_most_0.8"]
+    assert "torch 0.80 [0.55–0.80]" in (out / "summary.md").read_text()
 
     other = tiny_genotype(tmp_path / "other.json", op="sep_conv_3x3")
     with pytest.raises(SystemExit, match="use another --out"):
