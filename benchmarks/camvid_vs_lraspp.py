@@ -34,13 +34,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from gasnas_cli import run_gasnas, set_flags
 
 from gasnas.config import parse_size
 from gasnas.errors import GasnasError
@@ -56,20 +56,6 @@ GOAL = {"min_val_miou": 66.0, "min_gain_over_lraspp": 3.0, "max_latency_ratio_to
 
 
 # --------------------------------------------------------------------------- running stages
-
-
-def run_gasnas(args: list[str], lock: str | None) -> float:
-    """Run one `gasnas` command (printed first; under an exclusive flock when given); its wall s.
-    The one place the driver runs a command: tests replace it."""
-    print("$ gasnas " + shlex.join(args), flush=True)
-    full = (["flock", "-x", lock] if lock else []) + [sys.executable, "-m", "gasnas", *args]
-    t0 = time.perf_counter()
-    subprocess.run(full, check=True)
-    return time.perf_counter() - t0
-
-
-def _sets(items: list[str]) -> list[str]:
-    return [x for s in items for x in ("--set", s)]
 
 
 def sha256(path: Path) -> str:
@@ -170,7 +156,7 @@ def stage_search(args: argparse.Namespace, out: Path, budget: dict[str, Any], wa
                 sets.append(f"search.warmup_epochs={args.warmup_epochs}")
             limit = (["--target-ms", f"{budget['target_ms']:g}"] if budget["target_ms"] is not None
                      else ["--target-ratio", f"{budget['target_ratio']:g}"])
-            cmd = ["search", "-c", args.config, *limit, "--no-progress", *_sets(sets)]
+            cmd = ["search", "-c", args.config, *limit, "--no-progress", *set_flags(sets)]
         walls["search"] = walls.get("search", 0.0) + run_gasnas(cmd, args.lock)
         _save_json(out / "walls.json", walls)
     return genotype
@@ -200,7 +186,7 @@ def stage_trainings(args: argparse.Namespace, out: Path, genotype: Path, epochs:
         if (run_dir / "last.pt").is_file():  # interrupted: continue it
             cmd = ["train", "--resume", str(run_dir), "--no-progress"]
         else:
-            cmd = ["train", *what, "-c", args.config, "--run-dir", str(run_dir), "--no-progress", *_sets(recipe)]
+            cmd = ["train", *what, "-c", args.config, "--run-dir", str(run_dir), "--no-progress", *set_flags(recipe)]
         key = f"train-{name}"
         walls[key] = walls.get(key, 0.0) + run_gasnas(cmd, args.lock)
         _save_json(out / "walls.json", walls)

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from gasnas_cli import run_gasnas, set_flags
 
 from gasnas.config import parse_size
 from gasnas.errors import GasnasError
@@ -71,20 +71,6 @@ GOAL = {"variant": "adjacent", "min_gain_miou": 2.0, "max_p": 0.05, "latency_mat
 
 
 # --------------------------------------------------------------------------- running stages
-
-
-def run_gasnas(args: list[str], lock: str | None) -> float:
-    """Run one `gasnas` command (printed first; under an exclusive flock when given); its wall s.
-    The one place the driver runs anything: tests replace it."""
-    print("$ gasnas " + shlex.join(args), flush=True)
-    full = (["flock", "-x", lock] if lock else []) + [sys.executable, "-m", "gasnas", *args]
-    t0 = time.perf_counter()
-    subprocess.run(full, check=True)
-    return time.perf_counter() - t0
-
-
-def _sets(items: list[str]) -> list[str]:
-    return [x for s in items for x in ("--set", s)]
 
 
 def _rows(metrics: Path) -> list[dict[str, Any]]:
@@ -155,7 +141,7 @@ def stage_searches(args: argparse.Namespace, out: Path, runs: list[dict[str, Any
                     *RELAXATIONS[r["relaxation"]]]
             if args.shared_lut and not user_lut and r is not runs[0] and first_lut.is_file():
                 sets.append(f"latency.lut={first_lut}")
-            cmd = ["search", "-c", args.config, "--no-progress", *_sets(sets)]
+            cmd = ["search", "-c", args.config, "--no-progress", *set_flags(sets)]
             if args.target_ms:
                 cmd += ["--target-ms", f"{args.target_ms:g}"]
             elif args.target_ratio:
@@ -229,7 +215,7 @@ def stage_trainings(args: argparse.Namespace, out: Path, jobs: list[dict[str, An
         else:
             seed = [f"seed={job['seed']}"] if job["seed"] is not None else []
             cmd = ["train", *job["what"], "-c", args.config, "--run-dir", str(run_dir), "--no-progress",
-                   *_sets([*common, *recipe, *seed])]
+                   *set_flags([*common, *recipe, *seed])]
         key = f"train:{job['name']}"
         walls[key] = walls.get(key, 0.0) + run_gasnas(cmd, args.lock)
         _save_walls(out, walls)
