@@ -18,7 +18,8 @@ in-process stages):
      first random genotype are trained again with `--set seed=1` ... (training-seed noise).
      Run folders OUT/train/<name>.
   d. every net's batch-1 latency measured in ONE process, round-robin, at the table's input size
-     and thread count, plus params and GFLOPs: OUT/latency.json.
+     and thread count, the machine's round-to-round drift taken out (a round where every net
+     runs slow counts as a slow round, not as slow nets), plus params and GFLOPs: OUT/latency.json.
 Report: OUT/summary.json, OUT/summary.md, OUT/mIoU_vs_latency.png.
 
     python benchmarks/search_vs_random.py --config camvid --out runs/search-vs-random \
@@ -95,9 +96,11 @@ def best_epoch_miou(run_dir: Path) -> tuple[float, int]:
 
 def measure_nets(nets: dict[str, str], num_classes: int, size: list[int], threads: int | None,
                  rounds: int, repeats: int) -> dict[str, dict[str, float]]:
-    """Median batch-1 ms of every net (a genotype.json path, or `peer:NAME`), timed in turn for
-    `rounds` rounds in this one process, with params (M) and GFLOPs at `size`."""
-    from gasnas.latency.timing import make_runner, time_round_robin, torch_threads
+    """Batch-1 ms of every net (a genotype.json path, or `peer:NAME`), timed in turn for `rounds`
+    rounds in this one process, the round-to-round drift taken out (`ms`,
+    latency.timing.drift_corrected; `ms_raw`: the plain median over rounds), with params (M) and
+    GFLOPs at `size`."""
+    from gasnas.latency.timing import drift_corrected, make_runner, time_round_robin, torch_threads
     from gasnas.models import build_peer, complexity
     from gasnas.space.derived import DerivedNet
     from gasnas.space.genotype import Genotype
@@ -108,8 +111,9 @@ def measure_nets(nets: dict[str, str], num_classes: int, size: list[int], thread
     with torch_threads(threads):
         runners = {name: make_runner(m, size, "torch", "cpu", "fp32", threads) for name, m in models.items()}
         per = time_round_robin(runners, rounds, repeats, warmup=3)
-    return {name: {"ms": statistics.median(per[name]), "params_m": sizes[name][0] / 1e6,
-                   "gflops": sizes[name][1] / 1e9} for name in models}
+    steady = drift_corrected(per)
+    return {name: {"ms": steady[name], "ms_raw": statistics.median(per[name]), "round_medians_ms": per[name],
+                   "params_m": sizes[name][0] / 1e6, "gflops": sizes[name][1] / 1e9} for name in models}
 
 
 # --------------------------------------------------------------------------- the protocol

@@ -537,3 +537,14 @@ def test_cuda_timing_uses_events_and_records_kernel_settings(monkeypatch) -> Non
     env = timing.environment("cuda:0", 1)
     assert env["device_name"] == "Fake GPU" and env["cudnn_benchmark"] is True and "tf32" in env
     assert "cudnn_benchmark" not in timing.environment("cpu", 1)
+
+
+def test_drift_corrected_takes_out_a_slow_round() -> None:
+    """Round 2 runs every net 1.5x slow and round 3 slows net b alone: the drift goes, b's own
+    outlier is outvoted, and a single round passes through."""
+    from gasnas.latency.timing import drift_corrected
+
+    per = {"a": [10.0, 15.0, 10.0], "b": [20.0, 30.0, 40.0], "c": [5.0, 7.5, 5.0]}
+    got = drift_corrected(per)
+    assert got == {"a": pytest.approx(10.0), "b": pytest.approx(20.0), "c": pytest.approx(5.0)}
+    assert drift_corrected({"a": [3.0], "b": [4.0]}) == {"a": pytest.approx(3.0), "b": pytest.approx(4.0)}

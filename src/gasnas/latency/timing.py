@@ -64,6 +64,20 @@ def time_round_robin(runners: dict[str, Callable[[], Any]], rounds: int, repeats
     return per
 
 
+def drift_corrected(per_round: dict[str, list[float]]) -> dict[str, float]:
+    """Each runner's ms with the machine's round-to-round drift taken out: a round's speed is the
+    median over runners of (ms this round / that runner's median over rounds), each round's ms
+    are divided by it, and the median over rounds is kept. Why: on a shared 2-core VM a whole
+    round can run 15% slow; every runner timed in it slows alike, so the ratio between two nets
+    is steadier than either net's own median (two runners: the same as their paired ratio)."""
+    medians = {name: statistics.median(v) for name, v in per_round.items()}
+    rounds = min((len(v) for v in per_round.values()), default=0)
+    speed = [statistics.median(per_round[n][r] / medians[n] for n in per_round if medians[n] > 0)
+             for r in range(rounds)]
+    return {name: statistics.median(v[r] / speed[r] for r in range(rounds)) if rounds else medians[name]
+            for name, v in per_round.items()}
+
+
 def time_callable(fn: Callable[[], Any], warmup: int, repeats: int, device: str = "cpu") -> Timing:
     """Run `fn` `warmup` times untimed, then `repeats` times timed (ms each). On CUDA each run is
     timed by a pair of CUDA events on the current stream (the GPU's own clock: kernel launches
