@@ -90,26 +90,11 @@ def _save_json(path: Path, obj: Any) -> None:
 
 def time_nets(models: dict[str, Any], size: list[int], backends: tuple[str, ...], threads: int | None,
               rounds: int, repeats: int) -> dict[str, dict[str, Any]]:
-    """Per net and backend: median batch-1 ms over `rounds` rounds, every (net, backend) timed in
-    turn within each round in this one process; a backend that cannot run is recorded as an error."""
-    from gasnas.latency.timing import make_runner, time_round_robin, torch_threads
+    """Per net and backend: round medians and their median (latency.timing.time_models); the
+    driver's one timing call, which tests replace."""
+    from gasnas.latency.timing import time_models
 
-    results: dict[str, dict[str, Any]] = {name: {} for name in models}
-    with torch_threads(threads):
-        runners = {}
-        for backend in backends:
-            for name, model in models.items():
-                try:
-                    runners[(name, backend)] = make_runner(model, size, backend, "cpu", "fp32", threads)
-                except (GasnasError, ImportError, RuntimeError) as exc:
-                    results[name][backend] = {"status": "error", "error": str(exc).splitlines()[0]}
-        keys = list(runners)
-        per = time_round_robin({f"{n}/{b}": runners[(n, b)] for n, b in keys}, rounds, repeats, warmup=3)
-    for name, backend in keys:
-        values = per[f"{name}/{backend}"]
-        results[name][backend] = {"status": "ok", "median_ms": statistics.median(values),
-                                  "round_medians_ms": values}
-    return results
+    return time_models(models, size, backends, threads, rounds, repeats)
 
 
 # --------------------------------------------------------------------------- the protocol

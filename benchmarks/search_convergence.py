@@ -40,13 +40,10 @@ GOALS = {"alpha_spread_mean": 2.0, "unchanged_last_3_epochs": 0.9, "skip_share_m
 
 def time_nets(nets: dict[str, object], size: list[int], threads: int, rounds: int, repeats: int) -> dict[str, list[float]]:
     """Each net's per-round median ms at batch 1, timed in turn for `rounds` rounds (one process)."""
-    import torch
+    from gasnas.latency.timing import time_models
 
-    from gasnas.latency.timing import make_runner, time_round_robin
-
-    torch.set_num_threads(threads)
-    runners = {name: make_runner(net, size, "torch", "cpu", "fp32", threads) for name, net in nets.items()}
-    return time_round_robin(runners, rounds, repeats, warmup=6)
+    timed = time_models(nets, size, ("torch",), threads, rounds, repeats, warmup=6)
+    return {name: r["torch"]["round_medians_ms"] for name, r in timed.items()}
 
 
 def _triples(g: dict, cells: list[int | None] | None = None, with_op: bool = True) -> set[tuple]:

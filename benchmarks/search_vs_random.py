@@ -100,7 +100,7 @@ def measure_nets(nets: dict[str, str], num_classes: int, size: list[int], thread
     rounds in this one process, the round-to-round drift taken out (`ms`,
     latency.timing.drift_corrected; `ms_raw`: the plain median over rounds), with params (M) and
     GFLOPs at `size`."""
-    from gasnas.latency.timing import drift_corrected, make_runner, time_round_robin, torch_threads
+    from gasnas.latency.timing import drift_corrected, time_models
     from gasnas.models import build_peer, complexity
     from gasnas.space.derived import DerivedNet
     from gasnas.space.genotype import Genotype
@@ -108,9 +108,8 @@ def measure_nets(nets: dict[str, str], num_classes: int, size: list[int], thread
     models = {name: (build_peer(src.split(":", 1)[1], num_classes) if src.startswith("peer:")
                      else DerivedNet(Genotype.load(src))).eval() for name, src in nets.items()}
     sizes = {name: complexity(m, (size[0], size[1])) for name, m in models.items()}
-    with torch_threads(threads):
-        runners = {name: make_runner(m, size, "torch", "cpu", "fp32", threads) for name, m in models.items()}
-        per = time_round_robin(runners, rounds, repeats, warmup=3)
+    per = {name: r["torch"]["round_medians_ms"] for name, r in time_models(models, size, ("torch",), threads,
+                                                                         rounds, repeats).items()}
     steady = drift_corrected(per)
     return {name: {"ms": steady[name], "ms_raw": statistics.median(per[name]), "round_medians_ms": per[name],
                    "params_m": sizes[name][0] / 1e6, "gflops": sizes[name][1] / 1e9} for name in models}

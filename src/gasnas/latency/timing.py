@@ -277,3 +277,27 @@ def environment(device: str = "cpu", threads: int | None = None, backend: str = 
 
             env["onnxruntime_version"] = onnxruntime.__version__
     return env
+
+
+def time_models(models: dict[str, nn.Module], size: list[int] | tuple[int, int], backends: tuple[str, ...] = ("torch",),
+                threads: int | None = None, rounds: int = 5, repeats: int = 20, warmup: int = 3
+                ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per model and backend, batch-1 CPU fp32: {"status": "ok", "median_ms", "round_medians_ms"},
+    every (model, backend) timed in turn within each of `rounds` rounds in this one process, so a
+    slow phase of the machine hits them alike; a backend that cannot run the model is recorded as
+    {"status": "error", "error"}. The benchmarks that compare nets in one run all time this way."""
+    results: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in models}
+    with torch_threads(threads):
+        runners = {}
+        for backend in backends:
+            for name, model in models.items():
+                try:
+                    runners[(name, backend)] = make_runner(model, size, backend, "cpu", "fp32", threads)
+                except (GasnasError, ImportError, RuntimeError) as exc:
+                    results[name][backend] = {"status": "error", "error": str(exc).splitlines()[0]}
+        keys = list(runners)
+        per = time_round_robin({f"{n}/{b}": runners[(n, b)] for n, b in keys}, rounds, repeats, warmup=warmup)
+    for name, backend in keys:
+        values = per[f"{name}/{backend}"]
+        results[name][backend] = {"status": "ok", "median_ms": statistics.median(values), "round_medians_ms": values}
+    return results
