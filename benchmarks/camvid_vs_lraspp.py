@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -317,15 +316,12 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def round_ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
-    """gasnas / LR-ASPP per round (both timed in that round, so a slow phase of the machine
-    cancels): the median and quartiles over rounds. Why not the ratio of the two medians: the
-    round medians of one net wander by ±15% on a 2-core VM, and a ratio of medians taken from
-    different rounds carries that."""
+    """gasnas / LR-ASPP from two timing records of one run (latency.timing.paired_ratio)."""
+    from gasnas.latency.timing import paired_ratio
+
     if a.get("status") != "ok" or b.get("status") != "ok":
         return None
-    r = [x / y for x, y in zip(a["round_medians_ms"], b["round_medians_ms"])]
-    q = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else [r[0]] * 3
-    return {"median": statistics.median(r), "q1": q[0], "q3": q[2], "rounds": len(r)}
+    return paired_ratio(a["round_medians_ms"], b["round_medians_ms"])
 
 
 def build_summary(args: argparse.Namespace, out: Path, epochs: int, eval_every: int, scales: list[float],

@@ -5,8 +5,9 @@ stage runs under `--lock`'s exclusive flock):
 1. Per seed: `gasnas search --config RECIPE --target-ratio R --set seed=S` (printed before it
    runs): the search times LR-ASPP (`lraspp_mobilenet_v3_large`, random weights) beside each
    derived net and keeps it within R x LR-ASPP's latency on that scale (latency.target_ratio).
-2. Every searched net and LR-ASPP timed interleaved in one process (rounds of each in turn), so
-   the searched/LR-ASPP ratio does not depend on the machine's phase.
+2. Every searched net and LR-ASPP timed interleaved in one process (15 rounds of each in turn);
+   the searched/LR-ASPP ratio is the median over rounds of the ratio within a round
+   (latency.timing.paired_ratio), so it does not depend on the machine's phase.
 Then OUT/summary.json and OUT/summary.md: per seed the final α' spread, the share of kept edges
 unchanged over the last 3 epochs, the skip share, the latency against the budget (in the search,
 and as a ratio to LR-ASPP in one run), the search wall time; across seeds the share of kept
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 
 from gasnas.fileio import exclusive_lock as exclusive
+from gasnas.latency.timing import paired_ratio
 
 GOALS = {"alpha_spread_mean": 2.0, "unchanged_last_3_epochs": 0.9, "skip_share_max": 1 / 3,
          "budget_tolerance": 0.10, "seed_agreement": 0.6, "search_minutes": 45}
@@ -139,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         for seed, run_dir in seeds.items():
             nets[f"seed{seed}"] = DerivedNet(Genotype.load(run_dir / "genotype.json")).eval()
         with exclusive(args.lock):
-            per_round = time_nets(nets, size, args.threads, rounds=5, repeats=20)
-            times_path.write_text(json.dumps({name: statistics.median(v) for name, v in per_round.items()}))
-    times = json.loads(times_path.read_text())
+            per_round = time_nets(nets, size, args.threads, rounds=15, repeats=20)
+            times_path.write_text(json.dumps(per_round))
+    # per net its round medians (an older file: one median per net)
+    rounds = json.loads(times_path.read_text())
+    times = {n: statistics.median(v) if isinstance(v, list) else v for n, v in rounds.items()}
 
     rows, genotypes = [], []
     for seed, run_dir in seeds.items():
@@ -153,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             for *_, op in c["edges"]:
                 counts[op] = counts.get(op, 0) + 1
         kept = sum(counts.values())
-        ratio = times[f"seed{seed}"] / times["lraspp"]
+        mine, peer = rounds[f"seed{seed}"], rounds["lraspp"]
+        # the median over rounds of the ratio within a round (latency.timing.paired_ratio)
+        ratio = (paired_ratio(mine, peer)["median"] if isinstance(mine, list) and isinstance(peer, list)
+                 else times[f"seed{seed}"] / times["lraspp"])
         prov = g["provenance"]
         target, in_search = prov.get("target_ms"), prov.get("measured_latency_ms")
         rows.append({

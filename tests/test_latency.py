@@ -548,3 +548,13 @@ def test_drift_corrected_takes_out_a_slow_round() -> None:
     got = drift_corrected(per)
     assert got == {"a": pytest.approx(10.0), "b": pytest.approx(20.0), "c": pytest.approx(5.0)}
     assert drift_corrected({"a": [3.0], "b": [4.0]}) == {"a": pytest.approx(3.0), "b": pytest.approx(4.0)}
+
+
+def test_paired_ratio_is_the_median_ratio_within_rounds() -> None:
+    """A slow round slows both nets alike and cancels; one net's own slow round is outvoted."""
+    from gasnas.latency.timing import paired_ratio
+
+    got = paired_ratio([8.0, 16.0, 9.0, 8.0], [10.0, 20.0, 30.0, 10.0])
+    assert got["median"] == pytest.approx(0.8) and got["rounds"] == 4
+    assert got["q1"] == pytest.approx(0.675) and got["q3"] == pytest.approx(0.8)
+    assert paired_ratio([3.0], [4.0]) == {"median": 0.75, "q1": 0.75, "q3": 0.75, "rounds": 1}
