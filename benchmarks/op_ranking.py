@@ -33,6 +33,7 @@ import math
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -151,20 +152,46 @@ class _TrainModeBN(torch.nn.Module):
         return self.module(x)
 
 
+def spearman(x: dict[str, float], y: dict[str, float]) -> float:
+    """Spearman's ρ of two scorings of the same ops (no ties expected in float losses)."""
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    rx = {k: i for i, k in enumerate(sorted(x, key=x.get))}
+    ry = {k: i for i, k in enumerate(sorted(y, key=y.get))}
+    return 1 - 6 * sum((rx[k] - ry[k]) ** 2 for k in x) / (n * (n * n - 1))
+
+
+def pair_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """Two seeds, on the kept edges both have: how often their lowest-loss (and α-preferred, and
+    genotype) ops agree, beside what that share would be by chance given how often each op is
+    chosen in each seed alone; and the mean Spearman ρ of the swapped ops' losses on an edge
+    (leaving out both genotypes' own ops, whose loss is the unswapped net's)."""
+    ea = {(r["cell"], r["source"], r["node"]): r for r in a["edges"]}
+    eb = {(r["cell"], r["source"], r["node"]): r for r in b["edges"]}
+    shared = sorted(set(ea) & set(eb))
+    if not shared:
+        return None
+    out: dict[str, Any] = {"runs": [Path(a["run"]).name, Path(b["run"]).name], "shared_edges": len(shared)}
+    for field in ("loss_op", "alpha_op", "genotype_op"):
+        out[field] = sum(ea[k][field] == eb[k][field] for k in shared) / len(shared)
+        ca = Counter(ea[k][field] for k in shared)
+        cb = Counter(eb[k][field] for k in shared)
+        out[f"{field}_chance"] = sum(ca[o] * cb[o] for o in ca) / len(shared) ** 2
+    rhos = []
+    for k in shared:
+        own = {ea[k]["genotype_op"], eb[k]["genotype_op"]}
+        x = {o: v for o, v in ea[k]["loss"].items() if o not in own and o in eb[k]["loss"]}
+        rhos.append(spearman(x, {o: eb[k]["loss"][o] for o in x}))
+    out["loss_spearman"] = statistics.fmean(r for r in rhos if math.isfinite(r))
+    return out
+
+
 def cross_seed(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean over seed pairs, on the edges both keep, of how often their lowest-loss ops agree and
-    how often their α-preferred ops agree."""
-    pairs: dict[str, list[float]] = {"loss_op": [], "alpha_op": [], "genotype_op": [], "shared_edges": []}
-    for a, b in itertools.combinations(results, 2):
-        ea = {(r["cell"], r["source"], r["node"]): r for r in a["edges"]}
-        eb = {(r["cell"], r["source"], r["node"]): r for r in b["edges"]}
-        shared = sorted(set(ea) & set(eb))
-        if not shared:
-            continue
-        pairs["shared_edges"].append(len(shared))
-        for field in ("loss_op", "alpha_op", "genotype_op"):
-            pairs[field].append(sum(ea[k][field] == eb[k][field] for k in shared) / len(shared))
-    return {k: (statistics.fmean(v) if v else None) for k, v in pairs.items()}
+    """Every seed pair's `pair_stats`, and their mean."""
+    pairs = [p for a, b in itertools.combinations(results, 2) if (p := pair_stats(a, b)) is not None]
+    keys = [k for k in (pairs[0] if pairs else {}) if k != "runs"]
+    return {"pairs": pairs, **{k: statistics.fmean(p[k] for p in pairs) for k in keys}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,10 +241,16 @@ def report(summary: dict[str, Any]) -> str:
         lines.append(f"| {Path(r['run']).name} | {r['images']} | {100 * m['eval_bn']:.1f} / {100 * m['batch_bn']:.1f} "
                      f"| {r['alpha_matches_loss']:.0%} | {r['resolved']:.0%} |")
     cs = summary.get("cross_seed")
-    if cs:
-        lines += ["", f"Across seeds, on the {cs['shared_edges']:.0f} kept edges a pair shares (mean over pairs): "
-                  f"lowest-loss ops agree on {cs['loss_op']:.0%}, α' on {cs['alpha_op']:.0%}, "
-                  f"the genotypes on {cs['genotype_op']:.0%} (candidates: {len(summary['runs'][0]['candidates'])})."]
+    if cs and cs.get("pairs"):
+        lines += ["", f"Seed pairs, on the kept edges both keep ({len(summary['runs'][0]['candidates'])} candidate ops; "
+                  "chance: the agreement expected from how often each seed picks each op):", "",
+                  "| pair | shared edges | lowest-loss ops agree (chance) | α' agree (chance) | genotypes agree "
+                  "| Spearman ρ of the swapped ops' losses |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for p in cs["pairs"]:
+            lines.append(f"| {' – '.join(p['runs'])} | {p['shared_edges']} | {p['loss_op']:.0%} ({p['loss_op_chance']:.0%}) "
+                         f"| {p['alpha_op']:.0%} ({p['alpha_op_chance']:.0%}) | {p['genotype_op']:.0%} "
+                         f"| {p['loss_spearman']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -298,28 +298,24 @@ def test_op_ranking_path_swaps_one_edge_and_drops_the_rest(tmp_path: Path, capsy
 
 
 def test_op_ranking_cross_seed_agreement() -> None:
-    """On the edges two seeds share, the share of equal lowest-loss ops and of equal α ops."""
-    def run(rows: list[tuple[int, int, int, str, str]]) -> dict:
-        return {"edges": [{"cell": c, "source": s, "node": n, "loss_op": lo, "alpha_op": ao, "genotype_op": ao}
-                          for c, s, n, lo, ao in rows]}
+    """On the edges two seeds share: the share of equal lowest-loss and α ops, the share chance
+    gives from each seed's own op counts, and Spearman's ρ of the swapped ops' losses (the
+    genotypes' own ops left out)."""
+    def run(name: str, rows: list[tuple[int, int, int, str, str, dict]]) -> dict:
+        return {"run": f"runs/x/{name}", "edges": [
+            {"cell": c, "source": s, "node": n, "loss_op": lo, "alpha_op": ao, "genotype_op": ao, "loss": loss}
+            for c, s, n, lo, ao, loss in rows]}
 
-    a = run([(0, 0, 2, "sep", "r2"), (0, 1, 2, "sep", "r4"), (1, 0, 2, "conv", "conv")])
-    b = run([(0, 0, 2, "sep", "r4"), (0, 1, 2, "r2", "r4"), (1, 1, 2, "conv", "conv")])
+    up = {"sep": 1.0, "r2": 2.0, "r4": 3.0, "conv": 4.0}
+    down = {"sep": 4.0, "r2": 3.0, "r4": 2.0, "conv": 1.0}
+    a = run("s0", [(0, 0, 2, "sep", "r2", up), (0, 1, 2, "sep", "r4", up), (1, 0, 2, "conv", "conv", up)])
+    b = run("s1", [(0, 0, 2, "sep", "r4", up), (0, 1, 2, "r2", "r4", down), (1, 1, 2, "conv", "conv", up)])
     got = op_ranking.cross_seed([a, b])
-    assert got["shared_edges"] == 2
-    assert got["loss_op"] == pytest.approx(0.5) and got["alpha_op"] == pytest.approx(0.5)
-
-
-def test_one_run_timing_rounds_backends_and_errors(single_thread) -> None:
-    """The benchmarks' shared round-robin timing: a median and the round medians per (net,
-    backend), a backend that cannot run recorded as an error; search_convergence reads the rounds."""
-    from gasnas.latency.timing import time_models
-
-    nets = {"a": torch.nn.Conv2d(3, 4, 3, padding=1).eval(), "b": torch.nn.Conv2d(3, 8, 1).eval()}
-    timed = time_models(nets, [16, 24], ("torch", "tensorrt"), threads=1, rounds=2, repeats=1, warmup=0)
-    for name in nets:
-        ok = timed[name]["torch"]
-        assert ok["status"] == "ok" and len(ok["round_medians_ms"]) == 2 and ok["median_ms"] > 0
-        assert timed[name]["tensorrt"]["status"] == "error" and timed[name]["tensorrt"]["error"]
-    rounds = search_convergence.time_nets(nets, [16, 24], 1, rounds=3, repeats=1)
-    assert set(rounds) == {"a", "b"} and all(len(v) == 3 and min(v) > 0 for v in rounds.values())
+    (pair,) = got["pairs"]
+    assert pair["runs"] == ["s0", "s1"] and pair["shared_edges"] == 2
+    assert pair["loss_op"] == pytest.approx(0.5) and pair["alpha_op"] == pytest.approx(0.5)
+    assert pair["loss_op_chance"] == pytest.approx(0.5)  # a: sep, sep; b: sep, r2 -> (2 * 1) / 4
+    # edge 1: r2 and r4 left out (the genotypes' ops) -> sep/conv ranked alike, rho 1;
+    # edge 2: r4 left out -> up vs down over sep, r2, conv: rho -1
+    assert pair["loss_spearman"] == pytest.approx(0.0)
+    assert got["loss_op"] == pytest.approx(0.5)
