@@ -45,6 +45,7 @@ from gasnas.data.datasets import build_dataset
 from gasnas.engine.evaluate import evaluate
 from gasnas.engine.runtime import progress
 from gasnas.fileio import exclusive_lock, torch_load, write_text_atomic
+from gasnas.latency.validate import spearman
 from gasnas.space.cell import PathSample, edge_index
 from gasnas.space.genotype import Genotype
 from gasnas.space.ops import OPS
@@ -152,16 +153,6 @@ class _TrainModeBN(torch.nn.Module):
         return self.module(x)
 
 
-def spearman(x: dict[str, float], y: dict[str, float]) -> float:
-    """Spearman's ρ of two scorings of the same ops (no ties expected in float losses)."""
-    n = len(x)
-    if n < 2:
-        return float("nan")
-    rx = {k: i for i, k in enumerate(sorted(x, key=x.get))}
-    ry = {k: i for i, k in enumerate(sorted(y, key=y.get))}
-    return 1 - 6 * sum((rx[k] - ry[k]) ** 2 for k in x) / (n * (n * n - 1))
-
-
 def pair_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
     """Two seeds, on the kept edges both have: how often their lowest-loss (and α-preferred, and
     genotype) ops agree, beside what that share would be by chance given how often each op is
@@ -181,8 +172,8 @@ def pair_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
     rhos = []
     for k in shared:
         own = {ea[k]["genotype_op"], eb[k]["genotype_op"]}
-        x = {o: v for o, v in ea[k]["loss"].items() if o not in own and o in eb[k]["loss"]}
-        rhos.append(spearman(x, {o: eb[k]["loss"][o] for o in x}))
+        ops = [o for o in ea[k]["loss"] if o not in own and o in eb[k]["loss"]]
+        rhos.append(spearman([ea[k]["loss"][o] for o in ops], [eb[k]["loss"][o] for o in ops]))
     out["loss_spearman"] = statistics.fmean(r for r in rhos if math.isfinite(r))
     return out
 

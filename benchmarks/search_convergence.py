@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from gasnas.fileio import exclusive_lock as exclusive
-from gasnas.latency.timing import paired_ratio
+from gasnas.latency.timing import paired_ratio, time_models
 
 GOALS = {"alpha_spread_mean": 2.0, "unchanged_last_3_epochs": 0.9, "skip_share_max": 1 / 3,
          "budget_tolerance": 0.10, "seed_agreement": 0.6, "search_minutes": 45}
@@ -42,8 +42,6 @@ GOALS = {"alpha_spread_mean": 2.0, "unchanged_last_3_epochs": 0.9, "skip_share_m
 
 def time_nets(nets: dict[str, object], size: list[int], threads: int, rounds: int, repeats: int) -> dict[str, list[float]]:
     """Each net's per-round median ms at batch 1, timed in turn for `rounds` rounds (one process)."""
-    from gasnas.latency.timing import time_models
-
     timed = time_models(nets, size, ("torch",), threads, rounds, repeats, warmup=6)
     return {name: r["torch"]["round_medians_ms"] for name, r in timed.items()}
 
