@@ -82,7 +82,7 @@ def paired_ratio(a: list[float], b: list[float]) -> dict[str, float]:
     """a / b per round (both timed in that round, so a slow phase of the machine cancels): the
     median and quartiles over rounds. Why not the ratio of the two medians: on a 2-core VM one
     net's round medians wander by ±15%, and a ratio of medians taken from different rounds
-    carries that (back-to-back 5-round ratios of the same two nets moved 0.73–0.85)."""
+    carries that (5-round blocks of one 30-round run of the same two nets ranged 0.80–0.91)."""
     r = [x / y for x, y in zip(a, b)]
     q = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else [r[0]] * 3
     return {"median": statistics.median(r), "q1": q[0], "q3": q[2], "rounds": len(r)}
