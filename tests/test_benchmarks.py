@@ -319,3 +319,18 @@ def test_op_ranking_cross_seed_agreement() -> None:
     # edge 2: r4 left out -> up vs down over sep, r2, conv: rho -1
     assert pair["loss_spearman"] == pytest.approx(0.0)
     assert got["loss_op"] == pytest.approx(0.5)
+
+
+def test_one_run_timing_rounds_backends_and_errors(single_thread) -> None:
+    """The benchmarks' shared round-robin timing: a median and the round medians per (net,
+    backend), a backend that cannot run recorded as an error; search_convergence reads the rounds."""
+    from gasnas.latency.timing import time_models
+
+    nets = {"a": torch.nn.Conv2d(3, 4, 3, padding=1).eval(), "b": torch.nn.Conv2d(3, 8, 1).eval()}
+    timed = time_models(nets, [16, 24], ("torch", "tensorrt"), threads=1, rounds=2, repeats=1, warmup=0)
+    for name in nets:
+        ok = timed[name]["torch"]
+        assert ok["status"] == "ok" and len(ok["round_medians_ms"]) == 2 and ok["median_ms"] > 0
+        assert timed[name]["tensorrt"]["status"] == "error" and timed[name]["tensorrt"]["error"]
+    rounds = search_convergence.time_nets(nets, [16, 24], 1, rounds=3, repeats=1)
+    assert set(rounds) == {"a", "b"} and all(len(v) == 3 and min(v) > 0 for v in rounds.values())
