@@ -380,6 +380,31 @@ def test_budget_adapts_lambda_every_step_toward_the_target() -> None:
     assert restored.state_dict() == b.state_dict()
 
 
+def test_calibration_is_the_median_of_the_last_epochs_and_resumes() -> None:
+    b = _budget("target", calibration_window=3)
+    for measured in (9.0, 12.0, 6.0):  # ratios 0.9, 1.2, 0.6 of a 10 ms prediction
+        b.end_epoch(predicted_ms=10.0, measured_ms=measured)
+    assert b.calibration == pytest.approx(0.9)  # one noisy epoch does not move the limit
+    assert b.predicted_limit_ms() == pytest.approx(10.0 / 0.9)
+    b.end_epoch(10.0, 11.0)  # window 1.2, 0.6, 1.1: the oldest ratio leaves
+    assert b.calibration == pytest.approx(1.1)
+    b.end_epoch(10.0, None)  # an epoch without a measurement changes nothing
+    assert b.calibration == pytest.approx(1.1)
+    restored = _budget("target", calibration_window=3)
+    restored.load_state_dict(b.state_dict())
+    restored.end_epoch(10.0, 7.0)
+    b.end_epoch(10.0, 7.0)
+    assert restored.calibration == b.calibration == pytest.approx(0.7)  # median of 0.6, 1.1, 0.7
+    old = _budget("target", calibration_window=3)  # a checkpoint from before the window
+    old.load_state_dict({"lambda": 1.0, "calibration": 0.8})
+    assert old.calibrations == [0.8]
+    assert _budget("target", calibration_window=1).calibration == 1.0
+    one = _budget("target", calibration_window=1)
+    one.end_epoch(10.0, 5.0)
+    one.end_epoch(10.0, 12.0)
+    assert one.calibration == pytest.approx(1.2)  # window 1: the last epoch alone
+
+
 def test_per_stage_balance_scales_the_latency_gradient_not_its_value() -> None:
     b = _budget("linear", balance_latency=True)
     b.record_ce_gradients([torch.full((2, 3), 4.0), torch.full((2, 3), 2.0), torch.full((2, 3), 2.0),

@@ -16,7 +16,11 @@ Per step (`loss`, then `after_step`):
   and λ ← λ·exp(`latency.lambda_lr`·clip(d/T − 1, −1, 1)) once the ramp is on (a smooth dual
   ascent, instead of doubling or halving λ once per epoch from one measurement).
 
-Per epoch (`end_epoch`): the derived net's measured latency updates the calibration c.
+Per epoch (`end_epoch`): the derived net's measured latency updates the calibration c, the
+median of the last `search.calibration_window` epochs' measured / predicted. Why a median: one
+measurement's c moves 3-7% from epoch to epoch on a shared CPU (0.75-1.01 within a CamVid
+search's last 10 epochs) while the nets barely change, and every move of c moves the limit
+T / c that `fit_to_budget` fits to, so a one-epoch c swapped 0-47 ops an epoch at the end.
 
 At derivation (`fit_to_budget`, `search.derive_within_budget`): the argmax net of α' is what the
 budget above steers; the net a search *ships* must also meet the budget when α' has settled
@@ -28,6 +32,7 @@ prediction within T; α' still ranks every choice, and the metrics log how far i
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import replace
 from typing import Any
 
@@ -50,7 +55,8 @@ class LatencyBudget:
         # T in ms: latency.target_ms, or under latency.target_ratio set by the search from the
         # peer's timing (`set_target`)
         self.target_ms: float | None = lat_cfg.target_ms
-        self.calibration = 1.0   # measured / LUT-predicted latency of the derived net
+        self.calibration = 1.0   # measured / LUT-predicted latency of the derived net (windowed median)
+        self.calibrations: list[float] = []  # the last epochs' single measured / predicted ratios
         self.budget_scale = 1.0  # r = E[Lat] / d, refreshed every step
         self.derived_ms: float | None = None
         self.stage_grad: list[float] | None = None  # EMA of the CE gradient RMS per stage
@@ -141,16 +147,22 @@ class LatencyBudget:
         """A measurement of the derived net recalibrates d (basis `measured`)."""
         if (self.lat_cfg.target_basis == "measured" and measured_ms is not None and measured_ms > 0
                 and predicted_ms > 0):
-            self.calibration = float(measured_ms / predicted_ms)
+            window = max(1, int(self.search_cfg.calibration_window))
+            self.calibrations = [*self.calibrations, float(measured_ms / predicted_ms)][-window:]
+            self.calibration = float(statistics.median(self.calibrations))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lambda": self.lam, "target_ms": self.target_ms, "calibration": self.calibration, "budget_scale": self.budget_scale,
+        return {"lambda": self.lam, "target_ms": self.target_ms, "calibration": self.calibration,
+                "calibrations": list(self.calibrations), "budget_scale": self.budget_scale,
                 "derived_ms": self.derived_ms, "stage_grad": self.stage_grad}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lam = float(state.get("lambda", self.lam0))
         self.target_ms = state.get("target_ms", self.target_ms)
         self.calibration = float(state.get("calibration", 1.0))
+        # a checkpoint from before the window: its one calibration starts the window
+        history = state.get("calibrations", [self.calibration] if "calibration" in state else [])
+        self.calibrations = [float(c) for c in history]
         self.budget_scale = float(state.get("budget_scale", 1.0))
         self.derived_ms = state.get("derived_ms")
         grads = state.get("stage_grad")
