@@ -11,7 +11,9 @@ in-process stages):
   b. random genotypes: `--random` genotypes drawn uniformly among those the first search's table
      predicts within ±`--tolerance` of the searched genotypes' median predicted latency
      (gasnas.space.random_genotypes.sample_matched), OUT/random/random_{i}.json, plus
-     OUT/random/cheapest.json (the cheapest op on every edge: an anchor).
+     OUT/random/cheapest.json (the cheapest op on every edge: an anchor). The window is fixed by
+     the searches planned when this stage first runs: `--variants adjacent` first, then all
+     variants, matches the random nets to the `adjacent` nets (OUT/random/target.json names them).
   c. one proxy training per genotype, and of LR-ASPP (`--peer lraspp_mobilenet_v3_large`), all by
      the same recipe: `gasnas train ... --set train.epochs=E --set data.crop_size=[h,w]`,
      evaluated at the val split's native size (data.eval_size=null); the first searched and the
@@ -182,7 +184,7 @@ def stage_random(args: argparse.Namespace, out: Path, runs: list[dict[str, Any]]
         g.save(p)
     cheapest.save(rand_dir / "cheapest.json")
     info = {"target_ms": target, "tolerance": args.tolerance, "seed": args.sample_seed, "lut": str(lut_path),
-            "searched_predicted_ms": predicted, "cheapest_predicted_ms": cheapest.predicted_latency_ms}
+            "searched": [r["name"] for r in runs], "searched_predicted_ms": predicted, "cheapest_predicted_ms": cheapest.predicted_latency_ms}
     write_json_atomic(info_path, info)
     return info
 
@@ -340,6 +342,11 @@ def _pm(stat: dict[str, Any], fmt: str = ".1f") -> str:
     return f"{stat['mean']:{fmt}}" + (f" ± {stat['std']:{fmt}}" if stat["std"] is not None else "")
 
 
+def _matched(info: dict[str, Any]) -> str:
+    names = info.get("searched")
+    return f"{len(names)} searched nets: {', '.join(names)}" if names else "the searched nets"
+
+
 def write_markdown(path: Path, s: dict[str, Any]) -> None:
     from gasnas.fileio import write_text_atomic
 
@@ -347,7 +354,8 @@ def write_markdown(path: Path, s: dict[str, Any]) -> None:
     lines = [f"# Search vs random: `{s['config']}`, proxy training {s['train_epochs']} epochs at "
              f"{s['train_crop']} crops", "",
              f"Random nets: {s['random']['n']} drawn uniformly within ±{100 * s['random_target']['tolerance']:g}% "
-             f"of {s['random_target']['target_ms']:.2f} ms predicted (the searched nets' median). Latency: "
+             f"of {s['random_target']['target_ms']:.2f} ms predicted (the median of "
+             f"{_matched(s['random_target'])}). Latency: "
              f"batch 1 at {lat['input_size'][0]}x{lat['input_size'][1]}, {lat['threads']} threads, all nets "
              "round-robin in one process.", "",
              "| nets | n | val mIoU | measured ms | params (M) | GFLOPs | Δ mIoU vs random [95% CI] | p (one-sided) "

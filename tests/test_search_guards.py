@@ -380,29 +380,32 @@ def test_budget_adapts_lambda_every_step_toward_the_target() -> None:
     assert restored.state_dict() == b.state_dict()
 
 
-def test_calibration_is_the_median_of_the_last_epochs_and_resumes() -> None:
+def test_calibration_is_the_median_over_the_last_distinct_nets_and_resumes() -> None:
     b = _budget("target", calibration_window=3)
-    for measured in (9.0, 12.0, 6.0):  # ratios 0.9, 1.2, 0.6 of a 10 ms prediction
-        b.end_epoch(predicted_ms=10.0, measured_ms=measured)
+    for net, measured in (("a", 9.0), ("b", 12.0), ("c", 6.0)):  # ratios 0.9, 1.2, 0.6 of 10 ms
+        b.end_epoch(predicted_ms=10.0, measured_ms=measured, net=net)
     assert b.calibration == pytest.approx(0.9)  # one noisy epoch does not move the limit
     assert b.predicted_limit_ms() == pytest.approx(10.0 / 0.9)
-    b.end_epoch(10.0, 11.0)  # window 1.2, 0.6, 1.1: the oldest ratio leaves
+    b.end_epoch(10.0, 11.0, "d")  # window b, c, d: the oldest net leaves
     assert b.calibration == pytest.approx(1.1)
-    b.end_epoch(10.0, None)  # an epoch without a measurement changes nothing
+    b.end_epoch(10.0, None, "e")  # an epoch without a measurement changes nothing
     assert b.calibration == pytest.approx(1.1)
+    for _ in range(5):  # the same net again (warm-up: α unchanged) replaces its entry, it does not fill the window
+        b.end_epoch(10.0, 7.0, "d")
+    assert [k for k, _ in b.calibrations] == ["b", "c", "d"] and b.calibration == pytest.approx(0.7)
     restored = _budget("target", calibration_window=3)
     restored.load_state_dict(b.state_dict())
-    restored.end_epoch(10.0, 7.0)
-    b.end_epoch(10.0, 7.0)
-    assert restored.calibration == b.calibration == pytest.approx(0.7)  # median of 0.6, 1.1, 0.7
+    restored.end_epoch(10.0, 10.0, "f")
+    b.end_epoch(10.0, 10.0, "f")
+    assert restored.calibration == b.calibration == pytest.approx(0.7)  # median of 0.6, 0.7, 1.0
     old = _budget("target", calibration_window=3)  # a checkpoint from before the window
     old.load_state_dict({"lambda": 1.0, "calibration": 0.8})
-    assert old.calibrations == [0.8]
-    assert _budget("target", calibration_window=1).calibration == 1.0
+    assert old.calibrations == [("", 0.8)] and old.calibration == 0.8
     one = _budget("target", calibration_window=1)
-    one.end_epoch(10.0, 5.0)
-    one.end_epoch(10.0, 12.0)
-    assert one.calibration == pytest.approx(1.2)  # window 1: the last epoch alone
+    assert one.calibration == 1.0
+    one.end_epoch(10.0, 5.0, "a")
+    one.end_epoch(10.0, 12.0, "b")
+    assert one.calibration == pytest.approx(1.2)  # window 1: the last net alone
 
 
 def test_per_stage_balance_scales_the_latency_gradient_not_its_value() -> None:

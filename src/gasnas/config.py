@@ -184,8 +184,8 @@ class SearchConfig:
     measure_isolated: bool = True
     measure_rounds: int = 3
     # The budget's calibration (measured / LUT-predicted latency of the derived net) is the median
-    # of the last this-many epochs' measurements (latency/budget.py): one measurement moves 3-7%
-    # between epochs, and the budget fit follows every move. 1: the last epoch's alone
+    # over the last this-many distinct derived nets (latency/budget.py): one measurement moves
+    # 3-7% between epochs, and the budget fit follows every move. 1: the last epoch's alone
     calibration_window: int = 8
     max_steps_per_epoch: int | None = None
     ohem: bool = False  # OHEM cross-entropy in the search loss (uses train.ohem_thresh / ohem_min_kept)

@@ -62,6 +62,7 @@ from gasnas.ggm import adjacency_entropy
 from gasnas.latency import LatencyEstimator, LatencyTable, get_or_build_lut
 from gasnas.latency.budget import LatencyBudget, fit_to_budget
 from gasnas.latency.isolated import PeerReference, reference_from_dict
+from gasnas.latency.sampling import genotype_signature
 from gasnas.latency.timers import derived_net_timer
 from gasnas.space.genotype import Genotype, derive_genotype
 from gasnas.space.network import net_stride, padded_size
@@ -473,7 +474,7 @@ class SearchRun(EpochLoop):
             result = evaluate(self.supernet, self.val_loader, self.num_classes, cfg.data.ignore_index,
                               info=self.info, class_names=self.class_names, amp=cfg.search.amp)
         lam_used, scale_used = self.budget.lam, self.budget.budget_scale
-        self.budget.end_epoch(genotype.predicted_latency_ms, measured)
+        self.budget.end_epoch(genotype.predicted_latency_ms, measured, genotype_signature(genotype))
         self._budget_from_peer()
         changed = changed_fraction(self.previous_edges, genotype)
         self.previous_edges = kept_edges(genotype)

@@ -17,10 +17,12 @@ Per step (`loss`, then `after_step`):
   ascent, instead of doubling or halving λ once per epoch from one measurement).
 
 Per epoch (`end_epoch`): the derived net's measured latency updates the calibration c, the
-median of the last `search.calibration_window` epochs' measured / predicted. Why a median: one
-measurement's c moves 3-7% from epoch to epoch on a shared CPU (0.75-1.01 within a CamVid
-search's last 10 epochs) while the nets barely change, and every move of c moves the limit
-T / c that `fit_to_budget` fits to, so a one-epoch c swapped 0-47 ops an epoch at the end.
+median of measured / predicted over the last `search.calibration_window` distinct derived nets
+(a net derived again replaces its older entry: during warm-up the same net comes back every
+epoch, and its one timing must not fill the window). Why a median: one measurement's c moves
+3-7% from epoch to epoch on a shared CPU (0.75-1.01 within a CamVid search's last 10 epochs)
+while the nets barely change, and every move of c moves the limit T / c that `fit_to_budget`
+fits to, so a one-epoch c swapped 0-47 ops an epoch at the end.
 
 At derivation (`fit_to_budget`, `search.derive_within_budget`): the argmax net of α' is what the
 budget above steers; the net a search *ships* must also meet the budget when α' has settled
@@ -56,7 +58,8 @@ class LatencyBudget:
         # peer's timing (`set_target`)
         self.target_ms: float | None = lat_cfg.target_ms
         self.calibration = 1.0   # measured / LUT-predicted latency of the derived net (windowed median)
-        self.calibrations: list[float] = []  # the last epochs' single measured / predicted ratios
+        # (net, measured / predicted) of the last distinct derived nets, oldest first
+        self.calibrations: list[tuple[str, float]] = []
         self.budget_scale = 1.0  # r = E[Lat] / d, refreshed every step
         self.derived_ms: float | None = None
         self.stage_grad: list[float] | None = None  # EMA of the CE gradient RMS per stage
@@ -143,17 +146,19 @@ class LatencyBudget:
         """The budget on the LUT's scale: T over the calibration (measured / predicted)."""
         return float(self.target_ms) / self.calibration
 
-    def end_epoch(self, predicted_ms: float, measured_ms: float | None) -> None:
-        """A measurement of the derived net recalibrates d (basis `measured`)."""
+    def end_epoch(self, predicted_ms: float, measured_ms: float | None, net: str = "") -> None:
+        """A measurement of the derived net `net` (its signature) recalibrates d (basis
+        `measured`)."""
         if (self.lat_cfg.target_basis == "measured" and measured_ms is not None and measured_ms > 0
                 and predicted_ms > 0):
             window = max(1, int(self.search_cfg.calibration_window))
-            self.calibrations = [*self.calibrations, float(measured_ms / predicted_ms)][-window:]
-            self.calibration = float(statistics.median(self.calibrations))
+            kept = [(k, c) for k, c in self.calibrations if not net or k != net]
+            self.calibrations = [*kept, (net, float(measured_ms / predicted_ms))][-window:]
+            self.calibration = float(statistics.median(c for _, c in self.calibrations))
 
     def state_dict(self) -> dict[str, Any]:
         return {"lambda": self.lam, "target_ms": self.target_ms, "calibration": self.calibration,
-                "calibrations": list(self.calibrations), "budget_scale": self.budget_scale,
+                "calibrations": [[k, c] for k, c in self.calibrations], "budget_scale": self.budget_scale,
                 "derived_ms": self.derived_ms, "stage_grad": self.stage_grad}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -161,8 +166,8 @@ class LatencyBudget:
         self.target_ms = state.get("target_ms", self.target_ms)
         self.calibration = float(state.get("calibration", 1.0))
         # a checkpoint from before the window: its one calibration starts the window
-        history = state.get("calibrations", [self.calibration] if "calibration" in state else [])
-        self.calibrations = [float(c) for c in history]
+        history = state.get("calibrations", [["", self.calibration]] if "calibration" in state else [])
+        self.calibrations = [(str(k), float(c)) for k, c in history]
         self.budget_scale = float(state.get("budget_scale", 1.0))
         self.derived_ms = state.get("derived_ms")
         grads = state.get("stage_grad")
