@@ -22,7 +22,8 @@ in-process stages):
   d. every net's batch-1 latency measured in ONE process, round-robin, at the table's input size
      and thread count, the machine's round-to-round drift taken out (a round where every net
      runs slow counts as a slow round, not as slow nets), plus params and GFLOPs: OUT/latency.json.
-Report: OUT/summary.json, OUT/summary.md, OUT/mIoU_vs_latency.png.
+Report: OUT/summary.json, OUT/summary.md, OUT/mIoU_vs_latency.png: per variant against the
+random nets, and the paper's ordering between variants (ORDERING: each pair's Δ, CI and p).
 
     python benchmarks/search_vs_random.py --config camvid --out runs/search-vs-random \
         --variants adjacent none global shared --relaxations gumbel gdas --seeds-adjacent 3 \
@@ -71,6 +72,9 @@ DEFAULTS = {"seeds_adjacent": 3, "seeds_other": 2, "random": 10, "train_epochs":
 QUICK_DEFAULTS = {"seeds_adjacent": 2, "seeds_other": 1, "random": 4, "train_epochs": 1,
                   "train_crop": "64x96", "rounds": 1, "repeats": 1}
 GOAL = {"variant": "adjacent", "min_gain_miou": 2.0, "max_p": 0.05, "latency_match": 0.05}
+# the paper's claims as pairs (better, worse) of variants searched with the same relaxation:
+# independent cells + GGM > independent cells > shared cells, and the adjacent graph vs a global one
+ORDERING = [("adjacent", "none"), ("none", "shared"), ("adjacent", "shared"), ("adjacent", "global")]
 
 
 # --------------------------------------------------------------------------- running stages
@@ -304,6 +308,20 @@ def build_summary(args: argparse.Namespace, out: Path, runs: list[dict[str, Any]
         names = [base] + [j["name"] for j in jobs if j.get("base") == base]
         values = [best_epoch_miou(out / "train" / n)[0] for n in names]
         noise.append({"genotype": base, "runs": names, "val_miou": values, "abs_delta": max(values) - min(values)})
+    ordering = []
+    for relax in args.relaxations:
+        def label_of(variant: str, relax: str = relax) -> str:
+            return variant if len(args.relaxations) == 1 else f"{variant}/{relax}"
+
+        for better, worse in ORDERING:
+            a, b = label_of(better), label_of(worse)
+            if a not in groups or b not in groups:
+                continue
+            miou_a = [n["val_miou"] for n in nets if n["kind"] == "searched" and n["group"] == a]
+            miou_b = [n["val_miou"] for n in nets if n["kind"] == "searched" and n["group"] == b]
+            delta, lo, hi = bootstrap_ci(miou_a, miou_b, seed=0)
+            ordering.append({"better": a, "worse": b, "delta": delta, "ci95": [lo, hi],
+                             "p_one_sided": permutation_p(miou_a, miou_b, seed=0)})
     goal = {}
     for label, g in groups.items():
         if label.split("/")[0] != GOAL["variant"]:
@@ -326,6 +344,7 @@ def build_summary(args: argparse.Namespace, out: Path, runs: list[dict[str, Any]
         "nets": nets,
         "random": {**describe(random), "median_val_miou": r_median_miou, "median_measured_ms": r_median_ms},
         "groups": groups,
+        "ordering": ordering,
         "anchors": {n["name"]: n for n in nets if n["kind"] in ("cheapest", "peer")},
         "training_seed_noise": {"pairs": noise,
                                 "mean_abs_delta": mean_std([x["abs_delta"] for x in noise])[0]},
@@ -378,6 +397,11 @@ def write_markdown(path: Path, s: dict[str, Any]) -> None:
         lines += ["", "Training-seed noise (same genotype, another training seed): " + "; ".join(
             f"{p['genotype']} |Δ| {p['abs_delta']:.1f}" for p in noise["pairs"])
             + f" (mean {noise['mean_abs_delta']:.1f} mIoU)."]
+    if s["ordering"]:
+        lines += ["", "The paper's ordering, searched nets against searched nets (Δ mIoU of the first minus the "
+                  "second, bootstrap 95% CI, one-sided permutation p of the first being better):", ""]
+        lines += [f"- {o['better']} > {o['worse']}: {o['delta']:+.1f} [{o['ci95'][0]:+.1f}, {o['ci95'][1]:+.1f}], "
+                  f"p = {o['p_one_sided']:.3f}" for o in s["ordering"]]
     goal = s["goal"]
     lines += ["", f"Goal ({goal['rule']['variant']}): mean ≥ random mean + {goal['rule']['min_gain_miou']:g} mIoU, "
               f"p < {goal['rule']['max_p']:g}, every seed above the random median, measured latency within "

@@ -246,6 +246,11 @@ def test_driver_runs_every_stage_once_then_resumes_to_nothing(tmp_path: Path, es
     assert all(math.isfinite(p["ms"]) and 0 <= p["miou"] <= 100 for p in summary["scatter"])
     assert [p["genotype"] for p in summary["training_seed_noise"]["pairs"]] == ["adjacent-gumbel-s0", "random_0"]
     assert summary["training_seed_noise"]["mean_abs_delta"] >= 0
+    assert [(o["better"], o["worse"]) for o in summary["ordering"]] == [
+        ("adjacent", "none"), ("none", "shared"), ("adjacent", "shared")]  # no `global` searched
+    for o in summary["ordering"]:
+        assert o["ci95"][0] <= o["delta"] <= o["ci95"][1] and 0.0 <= o["p_one_sided"] <= 1.0
+    assert "- adjacent > none: " in (out / "summary.md").read_text()
     assert set(summary["goal"]["by_group"]) == {"adjacent"} and isinstance(summary["goal"]["passed"], bool)
     assert summary["stages"] == {"searches": 4, "trainings": 12, "nets_timed": 10}
     assert "| adjacent | 2 |" in (out / "summary.md").read_text()
