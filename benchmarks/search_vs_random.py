@@ -124,6 +124,11 @@ def measure_nets(nets: dict[str, str], num_classes: int, size: list[int], thread
 # --------------------------------------------------------------------------- the protocol
 
 
+def group_label(variant: str, relax: str, relaxations: list[str]) -> str:
+    """A variant's group in the report: its name, with the relaxation when several are searched."""
+    return variant if len(relaxations) == 1 else f"{variant}/{relax}"
+
+
 def plan_searches(args: argparse.Namespace) -> list[dict[str, Any]]:
     runs = []
     for relax in args.relaxations:
@@ -131,7 +136,7 @@ def plan_searches(args: argparse.Namespace) -> list[dict[str, Any]]:
             n = args.seeds_adjacent if variant == "adjacent" else args.seeds_other
             for seed in range(n):
                 runs.append({"name": f"{variant}-{relax}-s{seed}", "variant": variant, "relaxation": relax,
-                             "seed": seed, "group": variant if len(args.relaxations) == 1 else f"{variant}/{relax}"})
+                             "seed": seed, "group": group_label(variant, relax, args.relaxations)})
     return runs
 
 
@@ -310,11 +315,8 @@ def build_summary(args: argparse.Namespace, out: Path, runs: list[dict[str, Any]
         noise.append({"genotype": base, "runs": names, "val_miou": values, "abs_delta": max(values) - min(values)})
     ordering = []
     for relax in args.relaxations:
-        def label_of(variant: str, relax: str = relax) -> str:
-            return variant if len(args.relaxations) == 1 else f"{variant}/{relax}"
-
         for better, worse in ORDERING:
-            a, b = label_of(better), label_of(worse)
+            a, b = (group_label(v, relax, args.relaxations) for v in (better, worse))
             if a not in groups or b not in groups:
                 continue
             miou_a = [n["val_miou"] for n in nets if n["kind"] == "searched" and n["group"] == a]

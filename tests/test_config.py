@@ -35,7 +35,7 @@ def test_overrides_are_typed() -> None:
     ("search.epochs", "expected KEY=VALUE"),
     ("latency.target_ratio=0.8", "config key 'latency.target_ratio': needs latency.loss 'target'"),
     ("search.budget_slack=-0.1", "config key 'search.budget_slack': expected a fraction >= 0"),
-    ("search.calibration_window=0", "config key 'search.calibration_window': expected >= 1 epochs"),
+    ("search.calibration_window=0", "config key 'search.calibration_window': expected >= 1 derived nets"),
 ])
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(GasnasError, match=None) as err:

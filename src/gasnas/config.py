@@ -185,7 +185,7 @@ class SearchConfig:
     measure_rounds: int = 3
     # The budget's calibration (measured / LUT-predicted latency of the derived net) is the median
     # over the last this-many distinct derived nets (latency/budget.py): one measurement moves
-    # 3-7% between epochs, and the budget fit follows every move. 1: the last epoch's alone
+    # 3-7% between epochs, and the budget fit follows every move. 1: the last net's alone
     calibration_window: int = 8
     max_steps_per_epoch: int | None = None
     ohem: bool = False  # OHEM cross-entropy in the search loss (uses train.ohem_thresh / ohem_min_kept)
@@ -562,7 +562,7 @@ def validate(cfg: Config) -> None:
     if not sc.budget_slack >= 0:
         raise GasnasError(f"config key 'search.budget_slack': expected a fraction >= 0, got {sc.budget_slack}")
     if sc.calibration_window < 1:
-        raise GasnasError(f"config key 'search.calibration_window': expected >= 1 epochs, got {sc.calibration_window}")
+        raise GasnasError(f"config key 'search.calibration_window': expected >= 1 derived nets, got {sc.calibration_window}")
     if not sc.ggm_lr_scale > 0:
         raise GasnasError(f"config key 'search.ggm_lr_scale': expected a positive number, got {sc.ggm_lr_scale}")
     if not 0.0 <= sc.skip_dropout < 1.0:

@@ -57,8 +57,7 @@ class LatencyBudget:
         # T in ms: latency.target_ms, or under latency.target_ratio set by the search from the
         # peer's timing (`set_target`)
         self.target_ms: float | None = lat_cfg.target_ms
-        self.calibration = 1.0   # measured / LUT-predicted latency of the derived net (windowed median)
-        # (net, measured / predicted) of the last distinct derived nets, oldest first
+        # (net, measured / predicted) of the last distinct derived nets, oldest first: `calibration`
         self.calibrations: list[tuple[str, float]] = []
         self.budget_scale = 1.0  # r = E[Lat] / d, refreshed every step
         self.derived_ms: float | None = None
@@ -142,6 +141,12 @@ class LatencyBudget:
             lam = self.lam * math.exp(float(self.lat_cfg.lambda_lr) * excess)
             self.lam = float(min(self.lam0 * LAMBDA_RANGE, max(self.lam0 / LAMBDA_RANGE, lam)))
 
+    @property
+    def calibration(self) -> float:
+        """Measured / LUT-predicted latency of the derived net: the window's median (1 before
+        any measurement)."""
+        return float(statistics.median(c for _, c in self.calibrations)) if self.calibrations else 1.0
+
     def predicted_limit_ms(self) -> float:
         """The budget on the LUT's scale: T over the calibration (measured / predicted)."""
         return float(self.target_ms) / self.calibration
@@ -154,7 +159,6 @@ class LatencyBudget:
             window = max(1, int(self.search_cfg.calibration_window))
             kept = [(k, c) for k, c in self.calibrations if not net or k != net]
             self.calibrations = [*kept, (net, float(measured_ms / predicted_ms))][-window:]
-            self.calibration = float(statistics.median(c for _, c in self.calibrations))
 
     def state_dict(self) -> dict[str, Any]:
         return {"lambda": self.lam, "target_ms": self.target_ms, "calibration": self.calibration,
@@ -164,9 +168,8 @@ class LatencyBudget:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lam = float(state.get("lambda", self.lam0))
         self.target_ms = state.get("target_ms", self.target_ms)
-        self.calibration = float(state.get("calibration", 1.0))
         # a checkpoint from before the window: its one calibration starts the window
-        history = state.get("calibrations", [["", self.calibration]] if "calibration" in state else [])
+        history = state.get("calibrations", [["", state["calibration"]]] if "calibration" in state else [])
         self.calibrations = [(str(k), float(c)) for k, c in history]
         self.budget_scale = float(state.get("budget_scale", 1.0))
         self.derived_ms = state.get("derived_ms")
