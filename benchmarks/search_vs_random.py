@@ -8,10 +8,11 @@ in-process stages):
      global, shared = space.alpha_sharing=shared with the adjacent GGM). Every search after the
      first reads the first one's table (latency.lut=OUT/<first>/lut.json; `--no-shared-lut` to
      let each measure its own), so all predicted latencies are in one table's units.
-  b. random genotypes: `--random` genotypes drawn uniformly among those the first search's table
-     predicts within ±`--tolerance` of the searched genotypes' median predicted latency
-     (gasnas.space.random_genotypes.sample_matched), OUT/random/random_{i}.json, plus
-     OUT/random/cheapest.json (the cheapest op on every edge: an anchor). The window is fixed by
+  b. random genotypes: `--random` genotypes drawn uniformly among the derivable ones (at most the
+     recipe's search.max_skip_per_cell skips per cell, as derivation keeps) that the first
+     search's table predicts within ±`--tolerance` of the searched genotypes' median predicted
+     latency (gasnas.space.random_genotypes.sample_matched), OUT/random/random_{i}.json, plus
+     OUT/random/cheapest.json (the cheapest derivable net: an anchor). The window is fixed by
      the searches planned when this stage first runs: `--variants adjacent` first, then all
      variants, matches the random nets to the `adjacent` nets (OUT/random/target.json names them).
   c. one proxy training per genotype, and of LR-ASPP (`--peer lraspp_mobilenet_v3_large`), all by
@@ -165,12 +166,13 @@ def stage_searches(args: argparse.Namespace, out: Path, runs: list[dict[str, Any
         _save_walls(out, walls)
 
 
-def stage_random(args: argparse.Namespace, out: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
+def stage_random(args: argparse.Namespace, out: Path, runs: list[dict[str, Any]], common: list[str]) -> dict[str, Any]:
     rand_dir = out / "random"
     paths = [rand_dir / f"random_{i}.json" for i in range(args.random)]
     info_path = rand_dir / "target.json"
     if all(p.is_file() for p in paths) and (rand_dir / "cheapest.json").is_file() and info_path.is_file():
         return json.loads(info_path.read_text())
+    from gasnas.config import load_config
     from gasnas.fileio import write_json_atomic
     from gasnas.latency import LatencyEstimator, LatencyTable
     from gasnas.space.genotype import Genotype
@@ -182,17 +184,21 @@ def stage_random(args: argparse.Namespace, out: Path, runs: list[dict[str, Any]]
         raise SystemExit("a searched genotype.json records no predicted_latency_ms")
     target = float(statistics.median(predicted))
     lut_path = out / runs[0]["name"] / "lut.json"
+    max_skip = load_config(args.config, common).search.max_skip_per_cell  # derivation's cap, as searched
     print(f"# random genotypes: {args.random} within ±{100 * args.tolerance:g}% of {target:.3f} ms "
-          f"(median predicted of {len(searched)} searched) by {lut_path}", flush=True)
+          f"(median predicted of {len(searched)} searched), at most {max_skip} skips per cell, by {lut_path}",
+          flush=True)
     with exclusive(args.lock):  # keys missing from the table would be measured
         table = LatencyTable.load(lut_path)
         est = LatencyEstimator(searched[0].space, searched[0].num_classes, table, None)
-        genotypes = sample_matched(est, args.random, target, args.tolerance, seed=args.sample_seed)
-        cheapest = cheapest_genotype(est)
+        genotypes = sample_matched(est, args.random, target, args.tolerance, seed=args.sample_seed,
+                                   max_skip=max_skip)
+        cheapest = cheapest_genotype(est, max_skip)
     for p, g in zip(paths, genotypes):
         g.save(p)
     cheapest.save(rand_dir / "cheapest.json")
     info = {"target_ms": target, "tolerance": args.tolerance, "seed": args.sample_seed, "lut": str(lut_path),
+            "max_skip_per_cell": max_skip,
             "searched": [r["name"] for r in runs], "searched_predicted_ms": predicted, "cheapest_predicted_ms": cheapest.predicted_latency_ms}
     write_json_atomic(info_path, info)
     return info
@@ -492,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         raise SystemExit("no searches planned (check --variants and the seed counts)")
     stage_searches(args, out, runs, common, walls)
-    rand_info = stage_random(args, out, runs)
+    rand_info = stage_random(args, out, runs, common)
     jobs = plan_trainings(args, out, runs)
     stage_trainings(args, out, jobs, common, walls)
     latency = stage_latency(args, out, runs, jobs)

@@ -13,6 +13,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gasnas.config import SpaceConfig, load_config
@@ -24,7 +25,7 @@ from gasnas.latency.sampling import genotype_signature, spanning_genotypes
 from gasnas.space.cell import edge_index
 from gasnas.space.genotype import CellGene, Genotype
 from gasnas.space.network import plan_cells
-from gasnas.space.random_genotypes import cheapest_genotype, sample_matched
+from gasnas.space.random_genotypes import _Tilted, cheapest_genotype, sample_matched
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import search_vs_random as driver  # noqa: E402
@@ -96,21 +97,54 @@ def test_cheapest_takes_the_cheapest_op_of_the_cheapest_edges(est) -> None:
     assert all(g.predicted_latency_ms <= est.predict(s) + 1e-6 for s in spanning_genotypes(est, 12, seed=0))
 
 
-def test_accepted_genotypes_are_uniform_over_the_window() -> None:
-    """One cell, two ops: 48 genotypes, enumerable. A window at the cheap end needs a tilt; the
-    accepted genotypes must still be (about) equally frequent."""
-    space = SpaceConfig(ops=["none", "skip_connect", "conv_3x3"], stem_channels=[4, 4, 8], stage_channels=[8],
-                        cells_per_stage=[1], head_channels=8)
-    est = LatencyEstimator(space, CLASSES, made_up_table(space), None)
+ONE_CELL = SpaceConfig(ops=["none", "skip_connect", "conv_3x3", "max_pool_3x3"], stem_channels=[4, 4, 8],
+                      stage_channels=[8], cells_per_stage=[1], head_channels=8)
+
+
+def _every_genotype(space: SpaceConfig, max_skip: int | None = None) -> list[Genotype]:
+    """Every derivable genotype of a one-cell, two-node space (at most `max_skip` kept skips)."""
     plan, edges = plan_cells(space)[0], edge_index(space.nodes)
+    usable = [op for op in space.ops if op != "none"]
     every = []
     for pair in itertools.combinations([2, 3, 4], 2):
-        for ops in itertools.product(["skip_connect", "conv_3x3"], repeat=4):
-            kept = [0, 1, *pair]
-            cell = CellGene(plan.reduction, [(*edges[e], op) for e, op in zip(kept, ops)])
+        for ops in itertools.product(usable, repeat=4):
+            if max_skip is not None and ops.count("skip_connect") > max_skip:
+                continue
+            cell = CellGene(plan.reduction, [(*edges[e], op) for e, op in zip([0, 1, *pair], ops)])
             every.append(Genotype(space, CLASSES, [cell]))
-    ms = sorted((est.predict(g), genotype_signature(g)) for g in every)
-    lo_ms, hi_ms = ms[2][0], ms[7][0]  # a window around the 3rd..8th cheapest of 48
+    return every
+
+
+@pytest.mark.parametrize("max_skip", [None, 0, 1, 2])
+def test_skip_capped_law_is_exact_against_enumeration(max_skip: int | None) -> None:
+    """The sampler's exact passes (range, E_θ[x], the cheapest net) agree with brute force over
+    every genotype with at most `max_skip` skips, and its draws respect the cap."""
+    est = LatencyEstimator(ONE_CELL, CLASSES, made_up_table(ONE_CELL), None)
+    tilt = _Tilted(est, max_skip)
+    every = _every_genotype(ONE_CELL, max_skip)
+    assert len(every) == 3 * {None: 81, 0: 16, 1: 48, 2: 72}[max_skip]
+    x = np.array([est.predict(g) for g in every]) - tilt.constant
+    assert tilt.x_range() == pytest.approx((x.min(), x.max()), abs=1e-5)
+    for theta in (-3.0, 0.0, 0.7, 5.0):
+        w = np.exp(-theta * (x - x.min()))
+        assert tilt.mean_x(theta) == pytest.approx(float((w * x).sum() / w.sum()), abs=1e-5)
+    cheapest = cheapest_genotype(est, max_skip)
+    assert cheapest.predicted_latency_ms == pytest.approx(x.min() + tilt.constant, abs=1e-5)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        cells, drawn_x = tilt.draw(1.0, rng)
+        skips = sum(op == "skip_connect" for _, _, op in cells[0].edges)
+        assert max_skip is None or skips <= max_skip
+        assert drawn_x + tilt.constant == pytest.approx(est.predict(Genotype(ONE_CELL, CLASSES, cells)), abs=1e-5)
+
+
+@pytest.mark.parametrize("max_skip", [None, 1])
+def test_accepted_genotypes_are_uniform_over_the_window(max_skip: int | None) -> None:
+    """One cell: every genotype enumerable. A window at the cheap end needs a tilt; the accepted
+    genotypes must still be (about) equally frequent, and none over the skip cap."""
+    est = LatencyEstimator(ONE_CELL, CLASSES, made_up_table(ONE_CELL), None)
+    ms = sorted((est.predict(g), genotype_signature(g)) for g in _every_genotype(ONE_CELL, max_skip))
+    lo_ms, hi_ms = ms[2][0], ms[7][0]  # a window around the 3rd..8th cheapest
     target = (lo_ms + hi_ms) / 2
     tol = (hi_ms - lo_ms) / 2 / target * 1.0001
     inside = {s for m, s in ms if target * (1 - tol) <= m <= target * (1 + tol)}
@@ -118,9 +152,24 @@ def test_accepted_genotypes_are_uniform_over_the_window() -> None:
     counts = dict.fromkeys(inside, 0)
     draws = 300
     for seed in range(draws):
-        counts[genotype_signature(sample_matched(est, 1, target, tol, seed=seed)[0])] += 1
+        g = sample_matched(est, 1, target, tol, seed=seed, max_skip=max_skip)[0]
+        assert g.provenance["max_skip_per_cell"] == max_skip
+        counts[genotype_signature(g)] += 1  # KeyError: a genotype outside the window or over the cap
     expected = draws / len(inside)
     assert all(0.4 * expected <= c <= 1.8 * expected for c in counts.values()), counts
+
+
+def test_uncapped_draws_break_the_cap_and_capped_ones_do_not(est) -> None:
+    """Why the cap matters: uniform latency-matched draws hold cells with several skips, which
+    derivation (search.max_skip_per_cell) never gives; with the cap none does."""
+    target = _spread(est)[2]
+
+    def most_skips(gs: list[Genotype]) -> int:
+        return max(sum(op == "skip_connect" for _, _, op in c.edges) for g in gs for c in g.cells)
+
+    assert most_skips(sample_matched(est, 6, target, 0.05, seed=1)) >= 2
+    assert most_skips(sample_matched(est, 6, target, 0.05, seed=1, max_skip=1)) <= 1
+    assert most_skips(sample_matched(est, 6, target, 0.05, seed=1, max_skip=0)) == 0
 
 
 # --------------------------------------------------------------------------- statistics
@@ -227,10 +276,12 @@ def test_driver_runs_every_stage_once_then_resumes_to_nothing(tmp_path: Path, es
     assert "# random genotypes" in printed and "# latency" in printed
 
     info = json.loads((out / "random" / "target.json").read_text())
-    for i in range(4):
-        g = Genotype.load(out / "random" / f"random_{i}.json")
-        assert abs(g.predicted_latency_ms / info["target_ms"] - 1) <= 0.03
-    assert (out / "random" / "cheapest.json").is_file()
+    assert info["max_skip_per_cell"] == 1  # the demo recipe's derivation cap
+    for name in [f"random_{i}" for i in range(4)] + ["cheapest"]:
+        g = Genotype.load(out / "random" / f"{name}.json")
+        assert all(sum(op == "skip_connect" for _, _, op in c.edges) <= 1 for c in g.cells)
+        if name != "cheapest":
+            assert abs(g.predicted_latency_ms / info["target_ms"] - 1) <= 0.03
 
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["groups"]) == {"adjacent", "none", "shared"}
