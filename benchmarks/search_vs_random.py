@@ -281,6 +281,7 @@ def _save_walls(out: Path, walls: dict[str, float]) -> None:
 def build_summary(args: argparse.Namespace, out: Path, runs: list[dict[str, Any]], jobs: list[dict[str, Any]],
                   rand_info: dict[str, Any], latency: dict[str, Any], walls: dict[str, float]) -> dict[str, Any]:
     from gasnas.engine.stats import bootstrap_ci, mean_std, percentile_of, permutation_p
+    from gasnas.space.genotype import SKIP_OP, Genotype
 
     nets = []
     for j in jobs:
@@ -288,12 +289,14 @@ def build_summary(args: argparse.Namespace, out: Path, runs: list[dict[str, Any]
             continue
         miou, epoch = best_epoch_miou(out / "train" / j["name"])
         lat = latency["nets"][j["name"]]
-        predicted = None
+        predicted = skips = None
         if j["kind"] != "peer":
-            predicted = json.loads(Path(j["what"][1]).read_text()).get("predicted_latency_ms")
+            genotype = Genotype.load(j["what"][1])
+            predicted = genotype.predicted_latency_ms
+            skips = sum(op == SKIP_OP for cell in genotype.cells for _, _, op in cell.edges)
         nets.append({"name": j["name"], "kind": j["kind"], "group": j["group"], "val_miou": miou, "best_epoch": epoch,
                      "measured_ms": lat["ms"], "predicted_ms": predicted, "params_m": lat["params_m"],
-                     "gflops": lat["gflops"]})
+                     "gflops": lat["gflops"], "skips": skips})
     random = [n for n in nets if n["kind"] == "random"]
     r_miou = [n["val_miou"] for n in random]
     r_ms = [n["measured_ms"] for n in random]
@@ -301,7 +304,7 @@ def build_summary(args: argparse.Namespace, out: Path, runs: list[dict[str, Any]
 
     def describe(members: list[dict[str, Any]]) -> dict[str, Any]:
         out_: dict[str, Any] = {"n": len(members), "names": [m["name"] for m in members]}
-        for key in ("val_miou", "measured_ms", "params_m", "gflops"):
+        for key in ("val_miou", "measured_ms", "params_m", "gflops", "skips"):
             mean, std = mean_std([m[key] for m in members])
             out_[key] = {"mean": mean, "std": std}
         return out_
@@ -374,32 +377,38 @@ def _matched(info: dict[str, Any]) -> str:
     return f"{len(names)} searched nets: {', '.join(names)}" if names else "the searched nets"
 
 
+def _cap(info: dict[str, Any]) -> str:
+    cap = info.get("max_skip_per_cell")
+    return f" (at most {cap} skip{'s' if cap != 1 else ''} per cell)" if cap is not None else ""
+
+
 def write_markdown(path: Path, s: dict[str, Any]) -> None:
     from gasnas.fileio import write_text_atomic
 
     lat = s["latency"]
     lines = [f"# Search vs random: `{s['config']}`, proxy training {s['train_epochs']} epochs at "
              f"{s['train_crop']} crops", "",
-             f"Random nets: {s['random']['n']} drawn uniformly within ±{100 * s['random_target']['tolerance']:g}% "
+             f"Random nets: {s['random']['n']} drawn uniformly among derivable nets"
+             f"{_cap(s['random_target'])} within ±{100 * s['random_target']['tolerance']:g}% "
              f"of {s['random_target']['target_ms']:.2f} ms predicted (the median of "
              f"{_matched(s['random_target'])}). Latency: "
              f"batch 1 at {lat['input_size'][0]}x{lat['input_size'][1]}, {lat['threads']} threads, all nets "
              "round-robin in one process.", "",
-             "| nets | n | val mIoU | measured ms | params (M) | GFLOPs | Δ mIoU vs random [95% CI] | p (one-sided) "
-             "| percentile among random |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| nets | n | val mIoU | measured ms | params (M) | GFLOPs | skips | Δ mIoU vs random [95% CI] "
+             "| p (one-sided) | percentile among random |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for label, g in s["groups"].items():
         d = g["delta_vs_random"]
         lines.append(f"| {label} | {g['n']} | {_pm(g['val_miou'])} | {_pm(g['measured_ms'])} | "
-                     f"{_pm(g['params_m'], '.2f')} | {_pm(g['gflops'], '.3g')} | {d['delta']:+.1f} "
+                     f"{_pm(g['params_m'], '.2f')} | {_pm(g['gflops'], '.3g')} | {_pm(g['skips'])} | {d['delta']:+.1f} "
                      f"[{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}] | {g['p_one_sided']:.3f} | "
                      f"{', '.join(f'{p:.0f}' for p in g['percentile_among_random'])} |")
     r = s["random"]
     lines.append(f"| random | {r['n']} | {_pm(r['val_miou'])} | {_pm(r['measured_ms'])} | {_pm(r['params_m'], '.2f')} | "
-                 f"{_pm(r['gflops'], '.3g')} | | | median mIoU {r['median_val_miou']:.1f} |")
+                 f"{_pm(r['gflops'], '.3g')} | {_pm(r['skips'])} | | | median mIoU {r['median_val_miou']:.1f} |")
     for name, a in s["anchors"].items():
         lines.append(f"| {name} | 1 | {a['val_miou']:.1f} | {a['measured_ms']:.1f} | {a['params_m']:.2f} | "
-                     f"{a['gflops']:.3g} | | | |")
+                     f"{a['gflops']:.3g} | {'-' if a['skips'] is None else a['skips']} | | | |")
     noise = s["training_seed_noise"]
     if noise["pairs"]:
         lines += ["", "Training-seed noise (same genotype, another training seed): " + "; ".join(

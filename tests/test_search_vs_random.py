@@ -292,6 +292,14 @@ def test_driver_runs_every_stage_once_then_resumes_to_nothing(tmp_path: Path, es
         assert all(0 <= p <= 100 for p in g["percentile_among_random"])
         assert g["val_miou"]["mean"] is not None and g["measured_ms"]["mean"] > 0 and g["gflops"]["mean"] > 0
     assert summary["groups"]["adjacent"]["n"] == 2 and summary["groups"]["adjacent"]["val_miou"]["std"] is not None
+    for n in summary["nets"]:
+        if n["kind"] == "peer":
+            assert n["skips"] is None
+        else:
+            path = out / n["name"] / "genotype.json" if n["kind"] == "searched" else out / "random" / f"{n['name']}.json"
+            g = Genotype.load(path)
+            assert n["skips"] == sum(op == "skip_connect" for c in g.cells for _, _, op in c.edges)
+    assert "(at most 1 skip per cell)" in (out / "summary.md").read_text()
     assert len(summary["scatter"]) == 4 + 4 + 1 + 1
     assert {p["kind"] for p in summary["scatter"]} == {"searched", "random", "cheapest", "peer"}
     assert all(math.isfinite(p["ms"]) and 0 <= p["miou"] <= 100 for p in summary["scatter"])
