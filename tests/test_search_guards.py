@@ -422,7 +422,7 @@ def test_per_stage_balance_scales_the_latency_gradient_not_its_value() -> None:
         cell_ms=lambda ws: [(w * c).sum() for w, c in zip(ws, costs)])
     ws = [torch.full((2, 3), 0.1, requires_grad=True) for _ in range(4)]
     loss, expected = b.loss(ws, 9, 0, 10)
-    assert float(loss.detach()) == pytest.approx(0.5 * float(expected))  # the value is λ·E
+    assert float(loss.detach()) == pytest.approx(0.5 * float(expected.detach()))  # the value is λ·E
     loss.backward()
     assert [float(w.grad[0, 0]) for w in ws] == pytest.approx([0.5 * x for x in bal])
     assert _budget("linear", balance_latency=False).cell_balance() is None
