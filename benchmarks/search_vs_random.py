@@ -293,7 +293,7 @@ def build_summary(args: argparse.Namespace, out: Path, runs: list[dict[str, Any]
         if j["kind"] != "peer":
             genotype = Genotype.load(j["what"][1])
             predicted = genotype.predicted_latency_ms
-            skips = sum(op == SKIP_OP for cell in genotype.cells for _, _, op in cell.edges)
+            skips = genotype.op_counts().get(SKIP_OP, 0)
         nets.append({"name": j["name"], "kind": j["kind"], "group": j["group"], "val_miou": miou, "best_epoch": epoch,
                      "measured_ms": lat["ms"], "predicted_ms": predicted, "params_m": lat["params_m"],
                      "gflops": lat["gflops"], "skips": skips})

@@ -62,11 +62,11 @@ class _Tilted:
         space = estimator.space
         self.space, self.num_classes = space, estimator.num_classes
         self.usable = [i for i, op in enumerate(space.ops) if not OPS[op].free]
+        if not self.usable:
+            raise GasnasError("space.ops: no op with a cost (every op is free); nothing to sample")
         names = [space.ops[i] for i in self.usable]
         self.skip = names.index(SKIP_OP) if SKIP_OP in names else None
         self.plain = [i for i in range(len(names)) if i != self.skip]  # indexes into usable
-        if not self.usable:
-            raise GasnasError("space.ops: no op with a cost (every op is free); nothing to sample")
         self.edges = edge_index(space.nodes)
         self.plans = plan_cells(space)
         self.costs = np.stack([np.asarray(c.detach().double().cpu().numpy())[:, self.usable]
@@ -77,9 +77,12 @@ class _Tilted:
         if not self.plain and self.cap < 2 * space.nodes:
             raise GasnasError(f"search.max_skip_per_cell: {max_skip} leaves no op for the other kept edges "
                               "(skip_connect is the only op with a cost)")
-        bits = [(0, 0)] if self.skip is None else [(0, 0), (1, 0), (0, 1), (1, 1)]
-        if not self.plain:
+        if not self.plain:  # skip is the only op with a cost
             bits = [(1, 1)]
+        elif self.skip is None:
+            bits = [(0, 0)]
+        else:
+            bits = [(0, 0), (1, 0), (0, 1), (1, 1)]
         # per node its alternatives: (edge a, edge b, a skips?, b skips?), a < b incoming edges
         self.alts = [np.array([(a, b, sa, sb) for a, b in itertools.combinations(
             [e for e, (_, dst) in enumerate(self.edges) if dst == j], 2) for sa, sb in bits])
