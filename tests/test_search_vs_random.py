@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gasnas.config import SpaceConfig, load_config
-from gasnas.engine.stats import bootstrap_ci, mean_std, percentile_of, permutation_p
+from gasnas.engine.stats import bootstrap_ci, mean_std, percentile_of, permutation_p, smallest_p
 from gasnas.errors import GasnasError
 from gasnas.latency import LatencyEstimator, LatencyTable
 from gasnas.latency.keys import space_layout
@@ -188,6 +188,15 @@ def test_permutation_p_exact_and_monte_carlo() -> None:
     assert 0.2 < mixed < 0.8
 
 
+@pytest.mark.parametrize("n_a,n_b", [(3, 2), (2, 2), (3, 10), (1, 4)])
+def test_smallest_p_is_the_p_of_the_most_extreme_outcome(n_a: int, n_b: int) -> None:
+    best = permutation_p([100.0 + i for i in range(n_a)], [float(i) for i in range(n_b)])
+    assert smallest_p(n_a, n_b) == pytest.approx(best)
+    assert smallest_p(3, 2) == pytest.approx(0.1)  # 3 nets against 2 can never reach p < 0.05
+    with pytest.raises(ValueError, match="group sizes"):
+        smallest_p(0, 3)
+
+
 def test_bootstrap_ci_contains_the_truth_and_narrows_with_data() -> None:
     base = [-1.0, -0.5, 0.0, 0.5, 1.0]
     small_a, small_b = [3 + x for x in base], [1 + 2 * x for x in base]  # true difference: 2
@@ -286,7 +295,7 @@ def test_driver_runs_every_stage_once_then_resumes_to_nothing(tmp_path: Path, es
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["groups"]) == {"adjacent", "none", "shared"}
     for g in summary["groups"].values():
-        assert 0.0 <= g["p_one_sided"] <= 1.0
+        assert g["p_smallest"] <= g["p_one_sided"] <= 1.0
         lo, hi = g["delta_vs_random"]["ci95"]
         assert lo <= g["delta_vs_random"]["delta"] <= hi
         assert all(0 <= p <= 100 for p in g["percentile_among_random"])
@@ -308,8 +317,11 @@ def test_driver_runs_every_stage_once_then_resumes_to_nothing(tmp_path: Path, es
     assert [(o["better"], o["worse"]) for o in summary["ordering"]] == [
         ("adjacent", "none"), ("none", "shared"), ("adjacent", "shared")]  # no `global` searched
     for o in summary["ordering"]:
-        assert o["ci95"][0] <= o["delta"] <= o["ci95"][1] and 0.0 <= o["p_one_sided"] <= 1.0
+        assert o["ci95"][0] <= o["delta"] <= o["ci95"][1] and o["p_smallest"] <= o["p_one_sided"] <= 1.0
+        sizes = [summary["groups"][o[k]]["n"] for k in ("better", "worse")]
+        assert o["p_smallest"] == pytest.approx(smallest_p(*sizes))
     assert "- adjacent > none: " in (out / "summary.md").read_text()
+    assert "(smallest possible 0.33)" in (out / "summary.md").read_text()  # 2 searched nets against 1
     assert set(summary["goal"]["by_group"]) == {"adjacent"} and isinstance(summary["goal"]["passed"], bool)
     assert summary["stages"] == {"searches": 4, "trainings": 12, "nets_timed": 10}
     assert "| adjacent | 2 |" in (out / "summary.md").read_text()

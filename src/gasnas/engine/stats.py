@@ -3,7 +3,9 @@
 `bootstrap_ci`: percentile bootstrap CI of mean(a) − mean(b), each group resampled with
 replacement on its own. `permutation_p`: one-sided permutation test of H1 mean(a) > mean(b),
 exact over every split of the pooled values when there are at most `EXACT_MAX_SPLITS` of them,
-else Monte Carlo with the +1 correction ((1 + hits) / (1 + draws), never 0). `percentile_of`:
+else Monte Carlo with the +1 correction ((1 + hits) / (1 + draws), never 0). `smallest_p`: the
+least p the test can give for those group sizes (one split in all), so a report can say when
+a comparison's p is at its floor: with 3 nets against 2 no outcome reaches 0.05. `percentile_of`:
 where x falls in a population (ties count half). `mean_std`: mean and sample std (ddof 1).
 """
 
@@ -50,6 +52,14 @@ def permutation_p(a: Sequence[float], b: Sequence[float], n_perm: int = 20_000, 
     rng = np.random.default_rng(seed)
     sums = np.array([pooled[rng.permutation(n)[:k]].sum() for _ in range(n_perm)])
     return float((1 + (sums >= observed - eps).sum()) / (1 + n_perm))
+
+
+def smallest_p(n_a: int, n_b: int) -> float:
+    """The least one-sided p `permutation_p` can return for groups of n_a and n_b values: one
+    split of C(n_a + n_b, n_a), the observed one, at least as extreme."""
+    if n_a < 1 or n_b < 1:
+        raise ValueError(f"group sizes: expected at least 1 each, got {n_a} and {n_b}")
+    return 1.0 / math.comb(n_a + n_b, n_a)
 
 
 def percentile_of(x: float, population: Sequence[float]) -> float:
