@@ -188,10 +188,13 @@ def test_permutation_p_exact_and_monte_carlo() -> None:
     assert 0.2 < mixed < 0.8
 
 
-@pytest.mark.parametrize("n_a,n_b", [(3, 2), (2, 2), (3, 10), (1, 4)])
+@pytest.mark.parametrize("n_a,n_b", [(3, 2), (2, 2), (3, 10), (1, 4), (10, 10)])  # (10, 10): Monte Carlo
 def test_smallest_p_is_the_p_of_the_most_extreme_outcome(n_a: int, n_b: int) -> None:
-    best = permutation_p([100.0 + i for i in range(n_a)], [float(i) for i in range(n_b)])
-    assert smallest_p(n_a, n_b) == pytest.approx(best)
+    best = permutation_p([100.0 + i for i in range(n_a)], [float(i) for i in range(n_b)], n_perm=2000)
+    assert smallest_p(n_a, n_b, n_perm=2000) == pytest.approx(best)
+
+
+def test_smallest_p_floor_and_bad_sizes() -> None:
     assert smallest_p(3, 2) == pytest.approx(0.1)  # 3 nets against 2 can never reach p < 0.05
     with pytest.raises(ValueError, match="group sizes"):
         smallest_p(0, 3)

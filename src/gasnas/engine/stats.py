@@ -4,7 +4,7 @@
 replacement on its own. `permutation_p`: one-sided permutation test of H1 mean(a) > mean(b),
 exact over every split of the pooled values when there are at most `EXACT_MAX_SPLITS` of them,
 else Monte Carlo with the +1 correction ((1 + hits) / (1 + draws), never 0). `smallest_p`: the
-least p the test can give for those group sizes (one split in all), so a report can say when
+least p the test can give for those group sizes (one split in all, or none drawn), so a report can say when
 a comparison's p is at its floor: with 3 nets against 2 no outcome reaches 0.05. `percentile_of`:
 where x falls in a population (ties count half). `mean_std`: mean and sample std (ddof 1).
 """
@@ -45,7 +45,7 @@ def permutation_p(a: Sequence[float], b: Sequence[float], n_perm: int = 20_000, 
     n, k = pooled.size, x.size
     observed = x.sum()  # the groups' sizes are fixed, so sum(a) orders splits like mean(a) − mean(b)
     eps = 1e-9 * max(1.0, float(np.abs(pooled).sum()))
-    if math.comb(n, k) <= EXACT_MAX_SPLITS:
+    if _is_exact(n, k):
         idx = np.array(list(itertools.combinations(range(n), k)), dtype=np.int64)
         sums = pooled[idx].sum(axis=1)
         return float((sums >= observed - eps).mean())
@@ -54,12 +54,20 @@ def permutation_p(a: Sequence[float], b: Sequence[float], n_perm: int = 20_000, 
     return float((1 + (sums >= observed - eps).sum()) / (1 + n_perm))
 
 
-def smallest_p(n_a: int, n_b: int) -> float:
-    """The least one-sided p `permutation_p` can return for groups of n_a and n_b values: one
-    split of C(n_a + n_b, n_a), the observed one, at least as extreme."""
+def _is_exact(n: int, k: int) -> bool:
+    """Whether `permutation_p` enumerates every split of n pooled values into k and n − k."""
+    return math.comb(n, k) <= EXACT_MAX_SPLITS
+
+
+def smallest_p(n_a: int, n_b: int, n_perm: int = 20_000) -> float:
+    """The least one-sided p `permutation_p` (with the same `n_perm`) can return for groups of
+    n_a and n_b values: exact, one split of C(n_a + n_b, n_a), the observed one, at least as
+    extreme; Monte Carlo, no drawn split at least as extreme, 1 / (1 + n_perm)."""
     if n_a < 1 or n_b < 1:
         raise ValueError(f"group sizes: expected at least 1 each, got {n_a} and {n_b}")
-    return 1.0 / math.comb(n_a + n_b, n_a)
+    if _is_exact(n_a + n_b, n_a):
+        return 1.0 / math.comb(n_a + n_b, n_a)
+    return 1.0 / (1 + n_perm)
 
 
 def percentile_of(x: float, population: Sequence[float]) -> float:
